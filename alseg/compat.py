@@ -1,0 +1,208 @@
+"""The mm* compatibility layer. Import this (``alseg.compat.ensure()``) before any mmseg import.
+
+It does three things:
+
+1. With mmcv-lite (no compiled ``mmcv._ext``), ``import mmseg.models`` fails because mmseg imports
+   ``mmcv.ops`` at module level. We register a stand-in ``mmcv.ops`` package that loads the pure-PyTorch
+   ops (``point_sample`` and friends) from mmcv-lite's own source files, and answers every other name with
+   a placeholder that raises :class:`~alseg.errors.CompiledOpsRequired` when used, naming the op and the
+   fix. When the compiled mmcv is installed nothing is touched.
+2. :func:`load_trusted_checkpoint`: torch >= 2.6 loads with ``weights_only=True``, which rejects the
+   numpy objects in mmengine runner checkpoints. Checkpoints alseg wrote itself are loaded with
+   ``weights_only=False``; any other path keeps torch's safe default.
+3. Warning noise from mm* at import time is filtered (only ``warnings``, never errors).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import types
+import warnings
+from pathlib import Path
+from typing import Any
+
+from alseg.errors import CompiledOpsRequired, InputError
+
+FULL_OPS_FIX = "install the compiled mmcv with `install/setup.sh --full-ops` (builds mmcv 2.1.0, about 10 minutes)"
+
+# Pure-PyTorch ops in mmcv-lite's ops folder: file -> public names. They import only torch.
+PURE_OPS = {
+    "point_sample": ("point_sample", "bilinear_grid_sample", "rel_roi_point_to_rel_img_point"),
+}
+
+# Which model parts need which compiled op (for the error message).
+OP_USERS = {
+    "CrissCrossAttention": "CCHead (CCNet decode head)",
+    "PSAMask": "PSAHead (PSANet decode head)",
+    "DeformConv": "deformable convolutions (DCN backbones)",
+    "DeformConv2d": "deformable convolutions (DCN backbones)",
+    "ModulatedDeformConv2d": "modulated deformable convolutions (DCNv2 backbones)",
+    "sigmoid_focal_loss": "FocalLoss",
+    "SyncBatchNorm": "MMSyncBN normalisation layers",
+    "MultiScaleDeformableAttention": "Mask2Former / deformable-attention pixel decoders",
+}
+
+_MM_WARNING_PATTERNS = (
+    r".*MultiScaleDeformableAttention.*",
+    r".*Fail to import ``MultiScaleDeformableAttention``.*",
+    r".*pkg_resources is deprecated.*",
+    r".*is deprecated.*",
+    r".*torch.meshgrid: in an upcoming release.*",
+    r".*On January 1, 2023, MMCV will release v2.0.0.*",
+    r".*TypedStorage is deprecated.*",
+    r".*The `clip_grad` parameter.*",
+)
+_MM_MODULES = r"(mmcv|mmengine|mmseg|mmdet|torch|pkg_resources|setuptools)(\..*)?"
+
+_state = {"ensured": False, "mode": None}
+
+
+def has_compiled_mmcv() -> bool:
+    """True when mmcv's compiled extension is importable (full mmcv, not mmcv-lite)."""
+    try:
+        return importlib.util.find_spec("mmcv._ext") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def mmcv_ops_mode() -> str:
+    """'compiled' (real mmcv.ops), 'lite' (alseg's stand-in) or 'absent' (no mmcv)."""
+    if importlib.util.find_spec("mmcv") is None:
+        return "absent"
+    return "compiled" if has_compiled_mmcv() else "lite"
+
+
+def compiled_only(name: str) -> Any:
+    """A placeholder for a compiled-only mmcv op: importable, but raises a clear error when used."""
+    user = OP_USERS.get(name, "a model part")
+    message = (
+        f"mmcv.ops.{name} needs the compiled mmcv ops (used by {user}); this environment has mmcv-lite. "
+        f"Fix: {FULL_OPS_FIX}, or choose a model without this part"
+    )
+
+    class Placeholder:
+        __doc__ = message
+        __name__ = name
+        __qualname__ = name
+        is_alseg_placeholder = True
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            raise CompiledOpsRequired(message)
+
+        def __init_subclass__(cls, **kwargs: Any) -> None:  # pragma: no cover - defensive
+            super().__init_subclass__(**kwargs)
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - never constructed
+            raise CompiledOpsRequired(message)
+
+    Placeholder.__name__ = name
+    Placeholder.__qualname__ = name
+    return Placeholder
+
+
+class _OpsStandIn(types.ModuleType):
+    """``mmcv.ops`` for mmcv-lite: pure ops are real, everything else is a placeholder."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        value = compiled_only(name)
+        setattr(self, name, value)
+        return value
+
+
+def _install_ops_standin() -> None:
+    import mmcv  # noqa: F401  (mmcv-lite itself imports fine)
+
+    ops_dir = Path(mmcv.__file__).parent / "ops"
+    standin = _OpsStandIn("mmcv.ops", __doc__)
+    standin.__path__ = [str(ops_dir)]  # a package, so `mmcv.ops.point_sample` resolves
+    standin.__file__ = str(ops_dir / "__init__.py")
+    standin.is_alseg_standin = True
+    sys.modules["mmcv.ops"] = standin
+    mmcv.ops = standin  # type: ignore[attr-defined]
+    for module_name, names in PURE_OPS.items():
+        full = f"mmcv.ops.{module_name}"
+        spec = importlib.util.spec_from_file_location(full, ops_dir / f"{module_name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[full] = module
+        spec.loader.exec_module(module)
+        setattr(standin, module_name, module)
+        for name in names:
+            setattr(standin, name, getattr(module, name))
+
+
+def quiet_mm_warnings() -> None:
+    """Filter the warnings mm* emits at import time and in its runner. Errors are never filtered."""
+    for pattern in _MM_WARNING_PATTERNS:
+        warnings.filterwarnings("ignore", message=pattern)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=_MM_MODULES)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=_MM_MODULES)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"mmengine(\..*)?")
+
+
+def ensure() -> str:
+    """Make ``import mmseg.models`` work here. Idempotent; returns the mmcv ops mode.
+
+    Call before importing mmseg. With compiled mmcv present nothing is replaced.
+    """
+    if _state["ensured"]:
+        return _state["mode"]
+    quiet_mm_warnings()
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    mode = mmcv_ops_mode()
+    if mode == "lite" and not getattr(sys.modules.get("mmcv.ops"), "is_alseg_standin", False):
+        _install_ops_standin()
+    _state.update(ensured=True, mode=mode)
+    return mode
+
+
+def import_mmseg() -> types.ModuleType:
+    """``ensure()`` then import mmseg with its models and datasets registered; returns ``mmseg``."""
+    ensure()
+    with warnings.catch_warnings():
+        quiet_mm_warnings()
+        import mmseg
+        import mmseg.datasets  # noqa: F401  registers datasets and transforms
+        import mmseg.models  # noqa: F401  registers models
+        from mmseg.utils import register_all_modules
+
+        register_all_modules(init_default_scope=False)
+    return mmseg
+
+
+def load_trusted_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint that alseg itself wrote (an mmengine runner checkpoint).
+
+    torch >= 2.6 defaults to ``weights_only=True``, which rejects the numpy objects mmengine stores in
+    ``meta``; alseg's own checkpoints are trusted, so they load with ``weights_only=False``. Never call
+    this on a file from elsewhere: use :func:`load_untrusted_checkpoint`.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise InputError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def load_untrusted_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint from elsewhere (pretrained weights) with torch's safe ``weights_only=True``."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise InputError(
+            f"{path}: cannot load safely with weights_only=True ({type(exc).__name__}); "
+            "convert it to a plain state_dict or check where it came from"
+        ) from None

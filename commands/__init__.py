@@ -1,0 +1,51 @@
+"""The ``alseg`` command line: a thin Typer skin over ``alseg.stages``.
+
+Each stage is one module here, registered explicitly below.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="alseg",
+    help=(
+        "Active learning for semantic segmentation on mmsegmentation.\n\n"
+        "A round: train -> infer -> score (calibrate for CRC-AL) -> select, each stage reading and writing "
+        "plain files (HDF5 of logits/embeddings, id lists, JSON), so any stage can be rerun by hand."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _register() -> None:
+    import importlib
+
+    # name -> module; each module defines `main` (a command) or `app` (a sub-group).
+    for name, module_name in [
+        ("demo-data", "demo_data"),
+        ("train", "train"),
+        ("infer", "infer"),
+        ("score", "score"),
+        ("calibrate", "calibrate"),
+        ("select", "select"),
+        ("run", "run"),
+        ("report", "report"),
+        ("device", "device"),
+    ]:
+        try:
+            module = importlib.import_module(f"alseg.commands.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"alseg.commands.{module_name}":
+                continue  # stage not built yet
+            raise
+        if hasattr(module, "app"):
+            app.add_typer(module.app, name=name)
+        else:
+            app.command(name)(module.main)
+
+
+_register()
