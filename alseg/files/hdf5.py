@@ -318,9 +318,13 @@ def write_scores(
     embeddings: Mapping[str, np.ndarray] | None = None,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     attrs: Mapping[str, Any] | None = None,
+    risk_maps: tuple[Sequence[str], np.ndarray] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write a scores file atomically. ``scores[name]`` is (N,), ``embeddings[name]`` is (N, ...)."""
+    """Write a scores file atomically. ``scores[name]`` is (N,), ``embeddings[name]`` is (N, ...).
+
+    ``risk_maps`` = (ids, maps (M,H,W)) stores CRC risk maps of a few images under ``/risk_maps``.
+    """
     path = check_writable(path, overwrite=overwrite)
     tmp = partial_path(path)
     ids = list(ids)
@@ -352,6 +356,10 @@ def write_scores(
                 ds = egrp.create_dataset(name, data=values, chunks=(min(n, 1024), *values.shape[1:]) if n else None)
                 ds.attrs["axes"] = "id," + ",".join(f"dim{i}" for i in range(1, values.ndim))
                 ds.attrs["params"] = json.dumps((params or {}).get(name, {}))
+            if risk_maps is not None:
+                rgrp = fh.create_group("risk_maps")
+                rgrp.create_dataset("ids", data=np.asarray(list(risk_maps[0]), dtype=object), dtype=STR_DTYPE)
+                rgrp.create_dataset("maps", data=np.asarray(risk_maps[1], dtype=np.float16)).attrs["axes"] = "id,y,x"
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -384,6 +392,12 @@ class ScoresReader:
 
     def embedding(self, name: str, ids: Sequence[str] | None = None) -> np.ndarray:
         return self._get("embeddings", name, ids, "rerun `alseg score` with the strategy that writes it")
+
+    def risk_maps(self) -> tuple[list[str], np.ndarray]:
+        """``(ids, maps (M,H,W) float32)`` saved by ``score --save-risk-maps``; empty when none."""
+        if "risk_maps" not in self.fh:
+            return [], np.zeros((0, 0, 0), dtype=np.float32)
+        return _decode_ids(self.fh["risk_maps"]["ids"][:]), self.fh["risk_maps"]["maps"][:].astype(np.float32)
 
     def params(self, name: str) -> dict[str, Any]:
         group = "scores" if name in self.score_names else "embeddings"

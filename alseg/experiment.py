@@ -1,0 +1,130 @@
+"""The experiment file (TOML) of ``alseg run``: parsing, validation and the tree layout (docs/experiment.md)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alseg.errors import InputError
+from alseg.registry import STRATEGIES
+
+
+@dataclass
+class Experiment:
+    path: Path
+    name: str
+    config: Path
+    data_root: Path
+    pool_ids: Path
+    val_ids: Path | None
+    calib_ids: Path | None
+    sizes: list[int]  # labeled count after round 0, 1, ..., R
+    seeds: list[int]
+    strategies: list[str]
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    device: str = "auto"
+    max_iters: int | None = None
+    batch_size: int | None = None
+    infer_batch_size: int = 8
+    full_supervision: bool = False
+
+    @property
+    def rounds(self) -> int:
+        return len(self.sizes) - 1
+
+    def to_toml(self) -> str:
+        def q(v: Any) -> str:
+            if isinstance(v, (list, tuple)):
+                return "[" + ", ".join(q(x) for x in v) + "]"
+            if isinstance(v, bool):
+                return "true" if v else "false"
+            if isinstance(v, (int, float)):
+                return repr(v)
+            return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+        lines = [f"# resolved from {self.path}"]
+        for key in ("name", "config", "data_root", "pool_ids", "val_ids", "calib_ids", "sizes", "seeds",
+                    "strategies", "device", "max_iters", "batch_size", "infer_batch_size", "full_supervision"):
+            value = getattr(self, key)
+            if value is not None:
+                lines.append(f"{key} = {q(value)}")
+        for strategy, opts in self.params.items():
+            lines.append(f"\n[params.{strategy}]")
+            lines += [f"{k} = {q(v)}" for k, v in opts.items()]
+        return "\n".join(lines) + "\n"
+
+
+SELECT_PARAMS = {"stochastic", "groups", "base_score", "embedding", "badge_embedding", "tau", "selector",
+                 "aggregation", "q"}
+CRC_PARAMS = {"alpha", "t_min", "bins", "save_risk_maps"}
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: experiment file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML ({exc})") from None
+    base = path.resolve().parent
+
+    def need(key: str) -> Any:
+        if key not in doc:
+            raise InputError(f"{path}: missing key {key!r} (see docs/experiment.md)")
+        return doc[key]
+
+    def p(key: str, required: bool = True) -> Path | None:
+        value = need(key) if required else doc.get(key)
+        return None if value is None else (base / value).resolve()
+
+    known = {"name", "config", "data_root", "pool_ids", "val_ids", "calib_ids", "initial", "budget", "rounds",
+             "sizes", "seeds", "strategies", "params", "device", "max_iters", "batch_size", "infer_batch_size",
+             "full_supervision"}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise InputError(f"{path}: unknown key(s) {', '.join(unknown)} (see docs/experiment.md)")
+    if "sizes" in doc:
+        sizes = [int(s) for s in doc["sizes"]]
+    else:
+        initial, budget, rounds = int(need("initial")), int(need("budget")), int(need("rounds"))
+        sizes = [initial + r * budget for r in range(rounds + 1)]
+    if len(sizes) < 2 or sizes[0] < 1 or any(b <= a for a, b in zip(sizes, sizes[1:])):
+        raise InputError(f"{path}: sizes must start at ≥ 1 and increase, got {sizes}")
+    strategies = [str(s) for s in need("strategies")]
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad:
+        raise InputError(f"{path}: unknown strategy {bad[0]!r}; choose from {', '.join(STRATEGIES)}")
+    params = {str(k): dict(v) for k, v in doc.get("params", {}).items()}
+    for strategy, opts in params.items():
+        allowed = SELECT_PARAMS | (CRC_PARAMS if strategy == "crc" else set())
+        extra = sorted(set(opts) - allowed)
+        if extra:
+            raise InputError(f"{path}: [params.{strategy}] has unknown key(s) {', '.join(extra)}")
+    exp = Experiment(
+        path=path.resolve(), name=str(doc.get("name", path.stem)), config=p("config"), data_root=p("data_root"),
+        pool_ids=p("pool_ids"), val_ids=p("val_ids", False), calib_ids=p("calib_ids", False), sizes=sizes,
+        seeds=[int(s) for s in doc.get("seeds", [0])], strategies=strategies, params=params,
+        device=str(doc.get("device", "auto")), max_iters=doc.get("max_iters"), batch_size=doc.get("batch_size"),
+        infer_batch_size=int(doc.get("infer_batch_size", 8)), full_supervision=bool(doc.get("full_supervision", False)),
+    )
+    for key in ("config", "data_root", "pool_ids", "val_ids", "calib_ids"):
+        value = getattr(exp, key)
+        if value is not None and not value.exists():
+            raise InputError(f"{path}: {key} {value} does not exist")
+    if "crc" in strategies and exp.calib_ids is None:
+        raise InputError(f"{path}: strategy 'crc' needs calib_ids (a labeled calibration split)")
+    return exp
+
+
+def seed_dir(exp_dir: Path, seed: int) -> Path:
+    return exp_dir / f"seed-{seed}"
+
+
+def round_dir(exp_dir: Path, seed: int, strategy: str | None, round_index: int) -> Path:
+    """``EXP/seed-S/round-00`` (shared) or ``EXP/seed-S/STRATEGY/round-RR``: the one place paths are built."""
+    if round_index == 0:
+        return seed_dir(exp_dir, seed) / "round-00"
+    return seed_dir(exp_dir, seed) / str(strategy) / f"round-{round_index:02d}"

@@ -1,0 +1,56 @@
+"""The strategy registry: one entry per strategy, saying what it needs and which selector it uses.
+
+``select`` reads this to tell the user exactly which ``infer``/``score``/``calibrate`` step is missing,
+and the CLI builds its ``--strategy`` choices from the keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from alseg.errors import UnknownName
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    summary: str
+    needs: str  # "nothing" | "logits" | "embedding" | "calibration"
+    selector: str  # "random" | "top-k" | "stochastic" | "k-center" | "k-means++" | "top-diverse-k"
+    scalar: bool = False  # has one score per image, so --stochastic applies
+    scored: bool = False  # `alseg score --strategy NAME` computes something for it
+    reference: str = ""
+
+
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in [
+        Strategy("random", "uniform sample of the unlabeled ids (needs no model output)", "nothing", "random",
+                 reference="ALGORITHMS.md §1"),
+        Strategy("entropy", "mean normalised pixel entropy", "logits", "top-k", scalar=True, scored=True,
+                 reference="Lewis & Catlett 1994"),
+        Strategy("margin", "mean 1 - (p1 - p2) over pixels", "logits", "top-k", scalar=True, scored=True,
+                 reference="Roth & Small 2006"),
+        Strategy("least-confidence", "mean 1 - max p over pixels", "logits", "top-k", scalar=True, scored=True,
+                 reference="Joshi et al. 2009"),
+        Strategy("stochastic-batches", "best of random disjoint batches by mean score (--base-score)", "logits",
+                 "stochastic", reference="Gaillochet et al. 2023"),
+        Strategy("coreset", "greedy k-center on pooled features (--embedding bottleneck|penultimate)", "embedding",
+                 "k-center", reference="Sener & Savarese 2018"),
+        Strategy("contextual-diversity", "greedy k-center on class-wise entropy-weighted softmax (symmetric KL)",
+                 "logits", "k-center", scored=True, reference="Agarwal et al. 2020"),
+        Strategy("badge", "k-means++ seeding on gradient embeddings (--badge-embedding logit|last-layer)", "logits",
+                 "k-means++", scored=True, reference="Ash et al. 2020"),
+        Strategy("crc", "CRC-AL: calibrated risk maps + co-occurrence embeddings, barycenter Top-Diverse-K",
+                 "calibration", "top-diverse-k", scalar=True, scored=True, reference="Erhan & Ure 2025"),
+    ]
+}
+
+SCALAR_SCORES = ("entropy", "margin", "least-confidence")
+SCORED = tuple(name for name, s in STRATEGIES.items() if s.scored and name != "stochastic-batches")
+
+
+def get_strategy(name: str) -> Strategy:
+    if name not in STRATEGIES:
+        raise UnknownName(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]

@@ -1,0 +1,139 @@
+"""``alseg calibrate``: class-wise CRC thresholds for the per-image false-negative rate (ALGORITHMS.md §9.1).
+
+Reads: a pool file written by ``infer --with-labels`` on a calibration set (and optionally a second one
+for ``--evaluate``). Writes: the calibration JSON (``alseg.files.calibration``) and its manifest.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from alseg.errors import InputError
+from alseg.files.atomic import check_writable
+from alseg.files.calibration import write_calibration
+from alseg.files.hdf5 import PoolReader, sha256_file
+from alseg.files.idlist import read_ids
+from alseg.files.manifest import manifest_path, read_manifest, write_manifest
+
+
+def _noop(advance: int = 1, total: int | None = None) -> None:
+    return None
+
+
+@dataclass
+class CalibrateResult:
+    out_path: str
+    alpha: float
+    n_calibration_images: int
+    thresholds: dict[str, float]
+    n_images: dict[str, int]
+    uncalibrated: list[str]
+    warnings: list[str] = field(default_factory=list)
+    evaluation: dict | None = None
+    seconds: float = 0.0
+
+
+def _training_ids(pool: PoolReader, train_ids_path: str | Path | None) -> tuple[list[str], str | None]:
+    """The ids the model was trained on: ``--train-ids`` or, failing that, the checkpoint's train manifest."""
+    if train_ids_path is not None:
+        return read_ids(train_ids_path), str(train_ids_path)
+    ckpt = pool.attrs.get("checkpoint_path")
+    if not ckpt:
+        return [], None
+    mpath = manifest_path(Path(ckpt).parent)
+    try:
+        labeled = read_manifest(mpath)["args"].get("labeled_path")
+        return (read_ids(labeled), labeled) if labeled else ([], None)
+    except InputError:
+        return [], None
+
+
+def _stream(pool: PoolReader, accumulator, batch_size: int, progress) -> None:
+    from alseg.strategies import softmax
+
+    for ids, logits, labels in pool.iter_batches(batch_size, with_labels=True):
+        accumulator.update(softmax(logits, axis=1), labels)
+        progress(len(ids))
+
+
+def calibrate(
+    pool_path: str | Path,
+    *,
+    out_path: str | Path,
+    alpha: float = 0.05,
+    bins: int = 1000,
+    t_min: float = 0.001,
+    train_ids_path: str | Path | None = None,
+    evaluate_path: str | Path | None = None,
+    batch_size: int = 16,
+    overwrite: bool = False,
+    progress: Callable[..., None] = _noop,
+) -> CalibrateResult:
+    """Compute t̂_k per class with the exact CRC rule in one streaming pass over ``pool_path``."""
+    from alseg import crc as C
+
+    t0 = time.perf_counter()
+    if not 0.0 < alpha < 1.0:
+        raise InputError(f"--alpha must be in (0, 1), got {alpha}")
+    if not 0.0 <= t_min < 1.0:
+        raise InputError(f"--t-min must be in [0, 1), got {t_min}")
+    out_path = check_writable(out_path, overwrite=overwrite)
+    warnings: list[str] = []
+    with PoolReader(pool_path, require_labels=True) as pool:
+        class_names = pool.class_names
+        train_ids, train_src = _training_ids(pool, train_ids_path)
+        overlap = sorted(set(pool.ids) & set(train_ids))
+        if overlap:
+            warnings.append(
+                f"{len(overlap)} calibration id(s) were used to train the model (from {train_src}, e.g. {overlap[0]!r}); "
+                "the CRC guarantee assumes calibration data the model has not seen"
+            )
+        acc = C.CalibrationAccumulator(pool.n_classes, bins=bins, ignore_index=pool.ignore_index)
+        progress(0, total=len(pool) + (0 if evaluate_path is None else 0))
+        _stream(pool, acc, batch_size, progress)
+        cal = acc.result(alpha)
+        n_cal = len(pool)
+    uncalibrated = [class_names[k] for k in np.flatnonzero(cal.uncalibrated)]
+    if uncalibrated:
+        need = int(np.ceil((1 - alpha) / alpha))
+        warnings.append(
+            f"{len(uncalibrated)} class(es) uncalibrated (fewer than {need} calibration images contain them): "
+            f"{', '.join(uncalibrated)}; their threshold is 0 (floored at t_min={t_min} when scoring)"
+        )
+    evaluation = None
+    if evaluate_path is not None:
+        with PoolReader(evaluate_path, require_labels=True) as held_out:
+            if held_out.n_classes != len(class_names):
+                raise InputError(f"{evaluate_path}: has {held_out.n_classes} classes, calibration has {len(class_names)}")
+            ev = C.EvaluationAccumulator(cal.thresholds, t_min=t_min, ignore_index=held_out.ignore_index,
+                                         n_classes=held_out.n_classes)
+            progress(0, total=n_cal + len(held_out))
+            _stream(held_out, ev, batch_size, progress)
+            evaluation = {**ev.result(), "pool_path": str(evaluate_path)}
+    doc = {
+        **cal.to_dict(),
+        "t_min": t_min,
+        "class_names": class_names,
+        "pool_path": str(pool_path),
+        "pool_sha256": sha256_file(pool_path),
+        "evaluation": evaluation,
+    }
+    write_calibration(out_path, doc)
+    result = CalibrateResult(
+        out_path=str(out_path), alpha=alpha, n_calibration_images=n_cal,
+        thresholds={c: float(t) for c, t in zip(class_names, cal.thresholds)},
+        n_images={c: int(n) for c, n in zip(class_names, cal.n_images)},
+        uncalibrated=uncalibrated, warnings=warnings, evaluation=evaluation, seconds=time.perf_counter() - t0,
+    )
+    write_manifest(
+        out_path, stage="calibrate",
+        args={"pool_path": pool_path, "alpha": alpha, "bins": bins, "t_min": t_min,
+              "train_ids_path": train_ids_path, "evaluate_path": evaluate_path},
+        inputs=[pool_path, evaluate_path], outputs=[out_path], seconds=result.seconds, result=result,
+    )
+    return result

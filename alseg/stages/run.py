@@ -1,0 +1,238 @@
+"""``alseg run``: the round loop of an experiment, built from the same stage functions a user runs by hand.
+
+For each seed, round 0 (a random initial labeled set and the first model) is computed once and shared by
+all strategies; each later round runs ``infer`` → (``calibrate``) → ``score`` → ``select`` → ``train``
+into ``EXP/seed-S/STRATEGY/round-RR/`` (docs/experiment.md). ``random`` never runs inference.
+
+Resume: after each step a record ``<output>.step.json`` stores the step's arguments and the sha256 of its
+inputs. Rerunning skips a step when its record matches and its outputs exist; a changed input (say a new
+checkpoint) changes a digest and reruns that step and, through its new outputs, everything downstream.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from alseg.errors import InputError
+from alseg.experiment import Experiment, load_experiment, round_dir, seed_dir
+from alseg.files.atomic import write_text_atomic
+from alseg.files.hdf5 import sha256_file
+from alseg.files.idlist import read_ids, write_ids
+from alseg.files.manifest import to_jsonable
+from alseg.registry import SCALAR_SCORES, get_strategy
+
+
+@dataclass
+class RunEvent:
+    """What the run is doing, for a live view. ``kind``: start, skip, done, progress, metric."""
+
+    kind: str
+    seed: int
+    strategy: str | None
+    round: int
+    stage: str
+    advance: int = 0
+    total: int | None = None
+    miou: float | None = None
+    n_labeled: int | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class RunResult:
+    exp_dir: str
+    rows: list[dict[str, Any]] = field(default_factory=list)  # seed, strategy, round, n_labeled, miou
+    steps_run: int = 0
+    steps_reused: int = 0
+    seconds: float = 0.0
+
+
+def _record_path(output: Path) -> Path:
+    return output.parent / f"{output.name}.step.json" if output.suffix else output / "step.json"
+
+
+def _digests(inputs: list[Path | None]) -> dict[str, str | None]:
+    return {str(p): (sha256_file(p) if p.is_file() else None) for p in inputs if p is not None}
+
+
+class _Runner:
+    def __init__(self, exp: Experiment, exp_dir: Path, device: str, on_event: Callable[[RunEvent], None]):
+        self.exp, self.exp_dir, self.device, self.on_event = exp, exp_dir, device, on_event
+        self.result = RunResult(exp_dir=str(exp_dir))
+
+    def step(self, where: tuple[int, str | None, int], stage: str, output: Path, args: dict[str, Any],
+             inputs: list[Path | None], fn: Callable[[Callable[..., None]], Any]) -> bool:
+        """Run ``fn(progress)`` unless a matching record says ``output`` is already done. True if it ran."""
+        seed, strategy, rnd = where
+        record = _record_path(output)
+        key = {"stage": stage, "args": to_jsonable(args), "inputs": _digests(inputs)}
+        if record.is_file() and output.exists():
+            try:
+                if json.loads(record.read_text(encoding="utf-8")).get("key") == key:
+                    self.result.steps_reused += 1
+                    self.on_event(RunEvent("skip", seed, strategy, rnd, stage))
+                    return False
+            except json.JSONDecodeError:
+                pass
+        self.on_event(RunEvent("start", seed, strategy, rnd, stage))
+
+        def progress(advance: int = 1, total: int | None = None) -> None:
+            self.on_event(RunEvent("progress", seed, strategy, rnd, stage, advance=advance, total=total))
+
+        t0 = time.perf_counter()
+        fn(progress)
+        seconds = time.perf_counter() - t0
+        write_text_atomic(record, json.dumps({"key": key, "seconds": seconds}, indent=1) + "\n")
+        self.result.steps_run += 1
+        self.on_event(RunEvent("done", seed, strategy, rnd, stage, seconds=seconds))
+        return True
+
+    # -- stages ----------------------------------------------------------------------------------------
+    def train(self, where, labeled: Path, work_dir: Path) -> None:
+        from alseg.stages.train import train
+
+        exp, seed = self.exp, where[0]
+        ckpt = work_dir / "checkpoint.pth"
+        args = {"config": exp.config, "labeled": labeled, "seed": seed, "max_iters": exp.max_iters,
+                "batch_size": exp.batch_size, "val_ids": exp.val_ids, "data_root": exp.data_root}
+        self.step(where, "train", ckpt, args, [exp.config, labeled, exp.val_ids], lambda progress: train(
+            exp.config, labeled_path=labeled, work_dir=work_dir, data_root=exp.data_root, val_ids_path=exp.val_ids,
+            device=self.device, seed=seed, max_iters=exp.max_iters, batch_size=exp.batch_size, overwrite=True,
+            progress=progress))
+        metrics = json.loads((work_dir / "metrics.json").read_text(encoding="utf-8"))
+        miou = float(metrics["final"]["mIoU"])
+        n_labeled = len(read_ids(labeled))
+        self.result.rows.append({"seed": where[0], "strategy": where[1], "round": where[2],
+                                 "n_labeled": n_labeled, "miou": miou})
+        self.on_event(RunEvent("metric", where[0], where[1], where[2], "train", miou=miou, n_labeled=n_labeled))
+
+    def infer(self, where, ckpt: Path, ids: Path, out: Path, *, with_labels=False, embeddings=()) -> None:
+        from alseg.stages.infer import infer
+
+        exp = self.exp
+        args = {"config": exp.config, "checkpoint": ckpt, "ids": ids, "with_labels": with_labels,
+                "embeddings": list(embeddings), "data_root": exp.data_root}
+        self.step(where, "infer", out, args, [exp.config, ckpt, ids], lambda progress: infer(
+            exp.config, checkpoint_path=ckpt, ids_path=ids, out_path=out, data_root=exp.data_root,
+            device=self.device, batch_size=exp.infer_batch_size, with_labels=with_labels,
+            embeddings=tuple(embeddings), overwrite=True, progress=progress))
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def round0(self, seed: int) -> None:
+        from alseg.stages.select import select
+
+        exp = self.exp
+        d = round_dir(self.exp_dir, seed, None, 0)
+        d.mkdir(parents=True, exist_ok=True)
+        empty = d / "none.txt"
+        if not empty.exists():
+            write_ids(empty, [])
+        labeled = d / "labeled.txt"
+        where = (seed, None, 0)
+        self.step(where, "select", labeled, {"strategy": "random", "budget": exp.sizes[0], "seed": seed},
+                  [exp.pool_ids], lambda progress: select(
+                      "random", budget=exp.sizes[0], labeled_path=empty, pool_ids_path=exp.pool_ids,
+                      out_path=labeled, seed=seed, overwrite=True, progress=progress))
+        self.train(where, labeled, d / "train")
+
+    def strategy_round(self, seed: int, strategy: str, rnd: int) -> None:
+        from alseg.stages.calibrate import calibrate
+        from alseg.stages.score import score
+        from alseg.stages.select import select
+
+        exp = self.exp
+        strat = get_strategy(strategy)
+        params = dict(exp.params.get(strategy, {}))
+        crc_opts = {k: params.pop(k) for k in ("alpha", "t_min", "bins", "save_risk_maps") if k in params}
+        prev = round_dir(self.exp_dir, seed, strategy, rnd - 1)
+        d = round_dir(self.exp_dir, seed, strategy, rnd)
+        d.mkdir(parents=True, exist_ok=True)
+        prev_labeled, prev_ckpt = prev / "labeled.txt", prev / "train" / "checkpoint.pth"
+        where = (seed, strategy, rnd)
+        pool = scores = calib = None
+        if strat.needs != "nothing":
+            embeddings = []
+            if strategy == "coreset":
+                embeddings.append(params.get("embedding", "bottleneck"))
+            if strategy == "badge" and params.get("badge_embedding") == "last-layer":
+                embeddings.append("badge")
+            pool = d / "pool.h5"
+            self.infer(where, prev_ckpt, exp.pool_ids, pool, embeddings=embeddings)
+        if strategy == "crc":
+            calib_pool, calib = d / "calib.h5", d / "crc.json"
+            self.infer(where, prev_ckpt, exp.calib_ids, calib_pool, with_labels=True)
+            cal_args = {"alpha": crc_opts.get("alpha", 0.05), "t_min": crc_opts.get("t_min", 0.001),
+                        "bins": crc_opts.get("bins", 1000)}
+            self.step(where, "calibrate", calib, cal_args, [calib_pool, prev_labeled], lambda progress: calibrate(
+                calib_pool, out_path=calib, train_ids_path=prev_labeled, overwrite=True, progress=progress,
+                **cal_args))
+        to_score = [strategy] if strat.scored else []
+        if strategy == "stochastic-batches":
+            to_score = [params.get("base_score", "entropy")]
+        if to_score:
+            scores = d / "scores.h5"
+            score_args = {"strategies": to_score, "aggregation": params.get("aggregation", "mean"),
+                          "q": params.get("q", 10.0), "save_risk_maps": crc_opts.get("save_risk_maps", 8)}
+            self.step(where, "score", scores, score_args, [pool, calib], lambda progress: score(
+                pool, out_path=scores, calibration_path=calib, overwrite=True, progress=progress, **score_args))
+        selected = d / "selected.txt"
+        budget = exp.sizes[rnd] - exp.sizes[rnd - 1]
+        sel_seed = seed * 1000 + rnd  # a fresh, recorded stream per round
+        sel_args = {"strategy": strategy, "budget": budget, "seed": sel_seed, **params}
+        self.step(where, "select", selected, sel_args, [prev_labeled, pool, scores, calib, exp.pool_ids],
+                  lambda progress: select(
+                      strategy, budget=budget, labeled_path=prev_labeled, out_path=selected, pool_path=pool,
+                      scores_path=scores, calibration_path=calib,
+                      pool_ids_path=exp.pool_ids if strat.needs == "nothing" else None, seed=sel_seed,
+                      device=self.device, overwrite=True, progress=progress, **params))
+        labeled = d / "labeled.txt"
+        new_labeled = read_ids(prev_labeled) + read_ids(selected)
+        if not labeled.is_file() or read_ids(labeled) != new_labeled:
+            write_ids(labeled, new_labeled)
+        self.train(where, labeled, d / "train")
+
+
+def run(
+    experiment_path: str | Path,
+    *,
+    exp_dir: str | Path | None = None,
+    seeds: list[int] | None = None,
+    device: str | None = None,
+    on_event: Callable[[RunEvent], None] = lambda event: None,
+) -> RunResult:
+    """Run (or resume) every seed × strategy × round of the experiment; returns the mIoU table."""
+    t0 = time.perf_counter()
+    exp = load_experiment(experiment_path)
+    if seeds:
+        exp.seeds = list(seeds)
+    exp_dir = Path(exp_dir) if exp_dir is not None else exp.path.parent / exp.name
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    resolved = exp_dir / "experiment.toml"
+    text = exp.to_toml()
+    if not resolved.exists() or resolved.read_text(encoding="utf-8") != text:
+        write_text_atomic(resolved, text)
+    pool_ids = read_ids(exp.pool_ids)
+    if exp.sizes[-1] > len(pool_ids):
+        raise InputError(f"{exp.path}: the last round needs {exp.sizes[-1]} labeled ids, the pool has {len(pool_ids)}")
+    if exp.calib_ids is not None:
+        overlap = set(read_ids(exp.calib_ids)) & set(pool_ids)
+        if overlap:
+            raise InputError(f"{exp.calib_ids}: {len(overlap)} calibration id(s) are also pool ids "
+                             f"(e.g. {sorted(overlap)[0]!r}); keep the calibration split out of the pool")
+    runner = _Runner(exp, exp_dir, device or exp.device, on_event)
+    for seed in exp.seeds:
+        runner.round0(seed)
+        for strategy in exp.strategies:
+            for rnd in range(1, exp.rounds + 1):
+                runner.strategy_round(seed, strategy, rnd)
+    if exp.full_supervision:
+        runner.train((exp.seeds[0], "full", 0), exp.pool_ids, exp_dir / "full" / "train")
+    runner.result.seconds = time.perf_counter() - t0
+    return runner.result
+
+
+__all__ = ["RunEvent", "RunResult", "run", "seed_dir", "SCALAR_SCORES"]

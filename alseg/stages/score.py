@@ -1,0 +1,154 @@
+"""``alseg score``: per-image scores and per-strategy embeddings from a pool file, in one streaming pass.
+
+Reads: a pool file (``infer``), and for ``crc`` a calibration JSON (``calibrate``).
+Writes: a scores file (``docs/hdf5.md``) and its manifest.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from alseg.errors import InputError, UnknownName
+from alseg.files.atomic import check_writable
+from alseg.files.hdf5 import PoolReader, sha256_file, write_scores
+from alseg.files.manifest import write_manifest
+from alseg.registry import SCALAR_SCORES, SCORED, get_strategy
+
+Progress = Callable[..., None]
+
+
+def _noop(advance: int = 1, total: int | None = None) -> None:
+    return None
+
+
+@dataclass
+class ScoreResult:
+    out_path: str
+    n_images: int
+    strategies: list[str]
+    datasets: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def score(
+    pool_path: str | Path,
+    *,
+    strategies: Sequence[str],
+    out_path: str | Path,
+    calibration_path: str | Path | None = None,
+    aggregation: str = "mean",
+    q: float = 10.0,
+    save_risk_maps: int = 0,
+    batch_size: int = 16,
+    overwrite: bool = False,
+    progress: Progress = _noop,
+) -> ScoreResult:
+    """Score every image of ``pool_path`` for each strategy in ``strategies``; write ``out_path``."""
+    from alseg import strategies as S
+
+    t0 = time.perf_counter()
+    names = list(dict.fromkeys(strategies))
+    for name in names:
+        strat = get_strategy(name)
+        if name not in SCORED:
+            hint = "it needs no scores" if strat.needs == "nothing" else (
+                "select computes it from the pool file" if strat.needs == "embedding" else
+                "score its base score (e.g. --strategy entropy) and select with --base-score")
+            raise UnknownName(f"strategy {name!r} has no `score` step ({hint}); scored strategies: {', '.join(SCORED)}")
+    if aggregation not in S.AGGREGATIONS:
+        raise UnknownName(f"unknown aggregation {aggregation!r}; choose one of: {', '.join(S.AGGREGATIONS)}")
+    out_path = check_writable(out_path, overwrite=overwrite)
+
+    calibration = None
+    if "crc" in names:
+        if calibration_path is None:
+            raise InputError("strategy 'crc' needs --calibration crc.json (from `alseg calibrate`)")
+        from alseg.files.calibration import read_calibration
+
+        calibration = read_calibration(calibration_path)
+    with PoolReader(pool_path) as pool:
+        if calibration is not None and calibration["n_classes"] != pool.n_classes:
+            raise InputError(
+                f"{calibration_path}: calibrated for {calibration['n_classes']} classes, "
+                f"but {pool_path} has {pool.n_classes}"
+            )
+        n, k = len(pool), pool.n_classes
+        h, w = pool.shape
+        scores: dict[str, np.ndarray] = {}
+        embeddings: dict[str, np.ndarray] = {}
+        params: dict[str, dict] = {}
+        for name in names:
+            if name in SCALAR_SCORES:
+                scores[name] = np.empty(n, dtype=np.float64)
+                params[name] = {"aggregation": aggregation, "q": q}
+        if "contextual-diversity" in names:
+            embeddings["contextual-diversity"] = np.empty((n, k, k), dtype=np.float32)
+            embeddings["contextual-diversity-present"] = np.empty((n, k), dtype=bool)
+            params["contextual-diversity"] = {"epsilon": 1e-8}
+        if "badge" in names:
+            window = S.badge_window(k, h, w)
+            dim = k * (h // window) * (w // window)
+            embeddings["badge-logit"] = np.empty((n, dim), dtype=np.float32)
+            params["badge-logit"] = {"window": window, "target_dim": 400}
+        kept: list[tuple[float, str, np.ndarray]] = []
+        if calibration is not None:
+            from alseg import crc as C
+
+            thresholds = np.asarray(calibration["thresholds"], dtype=np.float64)
+            t_min = float(calibration["t_min"])
+            scores["crc"] = np.empty(n, dtype=np.float64)
+            embeddings["crc"] = np.empty((n, k * k), dtype=np.float32)
+            params["crc"] = {"calibration": str(calibration_path), "alpha": calibration["alpha"], "t_min": t_min,
+                             "calibration_sha256": sha256_file(calibration_path)}
+        progress(0, total=n)
+        row = 0
+        for ids, logits, _ in pool.iter_batches(batch_size):
+            b = len(ids)
+            S.check_finite(logits, ids, what=f"logits in {pool_path}")
+            probs = S.softmax(logits, axis=1)
+            sl = slice(row, row + b)
+            for name in names:
+                if name in SCALAR_SCORES:
+                    scores[name][sl] = S.aggregate(S.PIXEL_SCORERS[name](probs), aggregation, q)
+            if "contextual-diversity" in names:
+                P, present = S.contextual_diversity(logits)
+                embeddings["contextual-diversity"][sl] = P
+                embeddings["contextual-diversity-present"][sl] = present
+            if "badge" in names:
+                embeddings["badge-logit"][sl] = S.badge_logit_embedding(logits, window)
+            if calibration is not None:
+                u, v, maps = C.crc_image_scores(probs, thresholds, t_min=t_min, return_risk_maps=save_risk_maps > 0)
+                scores["crc"][sl] = u
+                embeddings["crc"][sl] = v
+                if save_risk_maps > 0:
+                    # keep the N most uncertain maps seen so far (ties: smaller id first)
+                    kept += [(float(u[i]), image_id, maps[i].astype(np.float16)) for i, image_id in enumerate(ids)]
+                    kept = sorted(kept, key=lambda t: (-t[0], t[1]))[:save_risk_maps]
+            row += b
+            progress(b)
+        pool_ids = list(pool.ids)
+    risk_maps = None
+    if save_risk_maps > 0 and calibration is not None:
+        risk_maps = ([t[1] for t in kept], np.stack([t[2] for t in kept]) if kept else np.zeros((0, h, w)))
+    write_scores(
+        out_path, pool_ids, scores=scores, embeddings=embeddings, params=params, risk_maps=risk_maps,
+        attrs={"pool_path": str(pool_path), "pool_sha256": sha256_file(pool_path)}, overwrite=overwrite,
+    )
+    result = ScoreResult(
+        out_path=str(out_path), n_images=n, strategies=names,
+        datasets=[f"scores/{s}" for s in scores] + [f"embeddings/{e}" for e in embeddings],
+        seconds=time.perf_counter() - t0,
+    )
+    write_manifest(
+        out_path, stage="score",
+        args={"pool_path": pool_path, "strategies": names, "calibration_path": calibration_path,
+              "aggregation": aggregation, "q": q, "save_risk_maps": save_risk_maps},
+        inputs=[pool_path, calibration_path], outputs=[out_path], seconds=result.seconds, result=result,
+    )
+    return result
+

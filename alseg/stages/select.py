@@ -1,0 +1,320 @@
+"""``alseg select``: choose ``budget`` unlabeled ids with a strategy (ALGORITHMS.md §1-9).
+
+Reads: the labeled id list, and depending on the strategy (see ``alseg.registry``) a pool file, a scores
+file, a calibration file or just a list of pool ids (``random``). Writes: the selected ids (rank order),
+its manifest and, with ``update``, the labeled list with the selection appended.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from alseg.errors import EmptyPoolError, InputError, UnknownName
+from alseg.files.atomic import check_writable
+from alseg.files.hdf5 import PoolReader, ScoresReader
+from alseg.files.idlist import append_ids, read_ids, write_ids
+from alseg.files.manifest import write_manifest
+from alseg.registry import SCALAR_SCORES, get_strategy
+
+BADGE_EMBEDDINGS = ("logit", "last-layer")
+POOL_EMBEDDINGS = ("bottleneck", "penultimate")
+CRC_SELECTORS = ("top-diverse-k", "kcenter")
+
+
+def _noop(advance: int = 1, total: int | None = None) -> None:
+    return None
+
+
+@dataclass
+class SelectResult:
+    out_path: str
+    strategy: str
+    selected: list[str]
+    budget: int
+    n_unlabeled: int
+    n_labeled: int
+    seed: int
+    warnings: list[str] = field(default_factory=list)
+    labeled_updated: str | None = None
+    seconds: float = 0.0
+
+
+class _Sources:
+    """Where arrays come from: the scores file when given, else computed on the fly from the pool file."""
+
+    def __init__(self, pool_path, scores_path, calibration_path, *, aggregation, q, batch_size, progress):
+        self.pool_path, self.scores_path, self.calibration_path = pool_path, scores_path, calibration_path
+        self.aggregation, self.q, self.batch_size, self.progress = aggregation, q, batch_size, progress
+
+    def need_pool(self, what: str) -> PoolReader:
+        if self.pool_path is None:
+            raise InputError(f"{what} needs --pool pool.h5 (from `alseg infer`)")
+        return PoolReader(self.pool_path)
+
+    def file_ids(self) -> list[str]:
+        if self.scores_path is not None:
+            with ScoresReader(self.scores_path) as s:
+                return list(s.ids)
+        if self.pool_path is not None:
+            with PoolReader(self.pool_path) as p:
+                return list(p.ids)
+        return []
+
+    def scalar(self, name: str, ids: list[str]) -> np.ndarray:
+        """Image scores of ``ids`` (entropy, margin, least-confidence, crc)."""
+        if self.scores_path is not None:
+            with ScoresReader(self.scores_path) as s:
+                if name in s.score_names:
+                    return s.score(name, ids)
+                if self.pool_path is None:
+                    s.score(name, ids)  # raises: names the file and the missing dataset
+        if name == "crc":
+            return self._crc(ids)[0]
+        from alseg import strategies as S
+
+        out = np.empty(len(ids), dtype=np.float64)
+        with self.need_pool(f"strategy {name!r} without --scores") as pool:
+            self.progress(0, total=len(ids))
+            row = 0
+            for batch_ids, logits, _ in pool.iter_batches(self.batch_size, ids=ids):
+                out[row : row + len(batch_ids)] = S.image_scores(
+                    logits, name, aggregation=self.aggregation, q=self.q, ids=batch_ids
+                )
+                row += len(batch_ids)
+                self.progress(len(batch_ids))
+        return out
+
+    def _crc(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.scores_path is not None:
+            with ScoresReader(self.scores_path) as s:
+                if "crc" in s.score_names:
+                    return s.score("crc", ids), s.embedding("crc", ids)
+        if self.calibration_path is None:
+            raise InputError(
+                "strategy 'crc' needs --scores scores.h5 from `alseg score --strategy crc`, "
+                "or --pool pool.h5 with --calibration crc.json"
+            )
+        from alseg import crc as C
+        from alseg.files.calibration import read_calibration
+        from alseg.strategies import check_finite, softmax
+
+        cal = read_calibration(self.calibration_path)
+        thresholds = np.asarray(cal["thresholds"], dtype=np.float64)
+        u = np.empty(len(ids), dtype=np.float64)
+        v = None
+        with self.need_pool("strategy 'crc' without --scores") as pool:
+            if pool.n_classes != cal["n_classes"]:
+                raise InputError(f"{self.calibration_path}: {cal['n_classes']} classes, pool has {pool.n_classes}")
+            v = np.empty((len(ids), pool.n_classes**2), dtype=np.float32)
+            row = 0
+            for batch_ids, logits, _ in pool.iter_batches(self.batch_size, ids=ids):
+                check_finite(logits, batch_ids)
+                bu, bv, _ = C.crc_image_scores(softmax(logits, axis=1), thresholds, t_min=float(cal["t_min"]))
+                u[row : row + len(batch_ids)], v[row : row + len(batch_ids)] = bu, bv
+                row += len(batch_ids)
+                self.progress(len(batch_ids))
+        return u, v
+
+    def crc(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self._crc(ids)
+
+    def pool_embedding(self, name: str, ids: list[str]) -> np.ndarray:
+        with self.need_pool(f"embedding {name!r}") as pool:
+            return pool.embedding(name, ids)
+
+    def contextual_diversity(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.scores_path is not None:
+            with ScoresReader(self.scores_path) as s:
+                if "contextual-diversity" in s.embedding_names:
+                    return s.embedding("contextual-diversity", ids), s.embedding("contextual-diversity-present", ids)
+        from alseg import strategies as S
+
+        with self.need_pool("strategy 'contextual-diversity' without --scores") as pool:
+            k = pool.n_classes
+            P = np.empty((len(ids), k, k), dtype=np.float32)
+            present = np.empty((len(ids), k), dtype=bool)
+            row = 0
+            for batch_ids, logits, _ in pool.iter_batches(self.batch_size, ids=ids):
+                S.check_finite(logits, batch_ids)
+                P[row : row + len(batch_ids)], present[row : row + len(batch_ids)] = S.contextual_diversity(logits)
+                row += len(batch_ids)
+                self.progress(len(batch_ids))
+        return P, present
+
+    def badge_logit(self, ids: list[str]) -> np.ndarray:
+        if self.scores_path is not None:
+            with ScoresReader(self.scores_path) as s:
+                if "badge-logit" in s.embedding_names:
+                    return s.embedding("badge-logit", ids)
+        from alseg import strategies as S
+
+        with self.need_pool("strategy 'badge' without --scores") as pool:
+            h, w = pool.shape
+            window = S.badge_window(pool.n_classes, h, w)
+            out = None
+            row = 0
+            for batch_ids, logits, _ in pool.iter_batches(self.batch_size, ids=ids):
+                S.check_finite(logits, batch_ids)
+                emb = S.badge_logit_embedding(logits, window)
+                if out is None:
+                    out = np.empty((len(ids), emb.shape[1]), dtype=np.float32)
+                out[row : row + len(batch_ids)] = emb
+                row += len(batch_ids)
+                self.progress(len(batch_ids))
+        return out
+
+
+def _split_labeled(labeled: list[str], available: set[str], source: str, warnings: list[str]) -> list[str]:
+    """Labeled ids usable as references (present in the file); warn about the others."""
+    refs = [i for i in labeled if i in available]
+    if len(refs) < len(labeled):
+        missing = [i for i in labeled if i not in available]
+        warnings.append(
+            f"{len(missing)} labeled id(s) are not in {source} (e.g. {missing[0]!r}) and are not used as references; "
+            "run `alseg infer` over unlabeled ∪ labeled ids to use them"
+        )
+    return refs
+
+
+def select(
+    strategy: str,
+    *,
+    budget: int,
+    labeled_path: str | Path,
+    out_path: str | Path,
+    pool_path: str | Path | None = None,
+    scores_path: str | Path | None = None,
+    pool_ids_path: str | Path | None = None,
+    calibration_path: str | Path | None = None,
+    seed: int = 0,
+    stochastic: bool = False,
+    groups: int | None = None,
+    base_score: str = "entropy",
+    embedding: str = "bottleneck",
+    badge_embedding: str = "logit",
+    tau: float = 0.5,
+    selector: str = "top-diverse-k",
+    aggregation: str = "mean",
+    q: float = 10.0,
+    device: str = "auto",
+    batch_size: int = 16,
+    update: bool = False,
+    overwrite: bool = False,
+    progress: Callable[..., None] = _noop,
+) -> SelectResult:
+    """Select ``budget`` ids from the unlabeled candidates and write them to ``out_path``."""
+    from alseg import selectors as sel
+
+    t0 = time.perf_counter()
+    strat = get_strategy(strategy)
+    if budget < 1:
+        raise InputError(f"--budget must be at least 1, got {budget}")
+    if stochastic and not strat.scalar:
+        raise InputError(f"--stochastic applies to scalar scores ({', '.join(SCALAR_SCORES)}, crc), not {strategy!r}")
+    if groups is not None and groups < 1:
+        raise InputError(f"--groups must be at least 1, got {groups}")
+    if base_score not in SCALAR_SCORES:
+        raise UnknownName(f"unknown --base-score {base_score!r}; choose one of: {', '.join(SCALAR_SCORES)}")
+    if embedding not in POOL_EMBEDDINGS:
+        raise UnknownName(f"unknown --embedding {embedding!r}; choose one of: {', '.join(POOL_EMBEDDINGS)}")
+    if badge_embedding not in BADGE_EMBEDDINGS:
+        raise UnknownName(f"unknown --badge-embedding {badge_embedding!r}; choose one of: {', '.join(BADGE_EMBEDDINGS)}")
+    if selector not in CRC_SELECTORS:
+        raise UnknownName(f"unknown --selector {selector!r}; choose one of: {', '.join(CRC_SELECTORS)}")
+    if not 0.0 <= tau <= 1.0:
+        raise InputError(f"--tau must be in [0, 1], got {tau}")
+    out_path = check_writable(out_path, overwrite=overwrite)
+    labeled = read_ids(labeled_path)
+    labeled_set = set(labeled)
+    src = _Sources(pool_path, scores_path, calibration_path, aggregation=aggregation, q=q,
+                   batch_size=batch_size, progress=progress)
+
+    if pool_ids_path is not None:
+        candidates, cand_src = read_ids(pool_ids_path), str(pool_ids_path)
+    else:
+        candidates = src.file_ids()
+        cand_src = str(scores_path or pool_path)
+        if not candidates and pool_path is None and scores_path is None:
+            need = "--pool-ids all.txt" if strat.needs == "nothing" else "--pool pool.h5 or --scores scores.h5"
+            raise InputError(f"strategy {strategy!r} needs candidates: pass {need}")
+    unlabeled = [i for i in candidates if i not in labeled_set]
+    if not unlabeled:
+        raise EmptyPoolError(
+            f"{cand_src}: no unlabeled ids to select from ({len(candidates)} candidate(s), all in {labeled_path})"
+        )
+    warnings: list[str] = []
+    if budget >= len(unlabeled):
+        if budget > len(unlabeled):
+            warnings.append(f"budget {budget} exceeds the {len(unlabeled)} unlabeled id(s); selecting all of them")
+        budget = len(unlabeled)
+    rng = np.random.default_rng(seed)
+    ids_u = np.asarray(unlabeled, dtype=object)
+    dev = "cpu"
+    if strat.selector in ("k-center", "k-means++", "top-diverse-k"):
+        from alseg.device import resolve_device
+
+        dev = str(resolve_device(device))
+
+    if strategy == "random":
+        chosen = sel.random_select(ids_u, budget, rng=rng)
+    elif strategy == "stochastic-batches" or (stochastic and strategy in SCALAR_SCORES):
+        name = base_score if strategy == "stochastic-batches" else strategy
+        chosen = sel.stochastic_batches(src.scalar(name, unlabeled), ids_u, budget, rng=rng, groups=groups)
+    elif strategy in SCALAR_SCORES:
+        chosen = sel.top_k(src.scalar(strategy, unlabeled), ids_u, budget)
+    elif strategy == "coreset":
+        with src.need_pool("strategy 'coreset'") as pool:
+            available = set(pool.ids)
+        refs = _split_labeled(labeled, available, str(pool_path), warnings)
+        chosen = sel.kcenter(src.pool_embedding(embedding, unlabeled), src.pool_embedding(embedding, refs), ids_u,
+                             budget, distance="euclidean", device=dev)
+    elif strategy == "contextual-diversity":
+        available = set(src.file_ids())
+        refs = _split_labeled(labeled, available, cand_src, warnings)
+        chosen = sel.kcenter(src.contextual_diversity(unlabeled), src.contextual_diversity(refs), ids_u, budget,
+                             distance="symkl", device=dev)
+    elif strategy == "badge":
+        emb = src.badge_logit(unlabeled) if badge_embedding == "logit" else src.pool_embedding("badge", unlabeled)
+        chosen = sel.kmeans_pp(emb, ids_u, budget, rng=rng, device=dev)
+    elif strategy == "crc":
+        u_u, v_u = src.crc(unlabeled)
+        if stochastic:
+            chosen = sel.stochastic_batches(u_u, ids_u, budget, rng=rng, groups=groups)
+        else:
+            from alseg import crc as C
+
+            refs = _split_labeled(labeled, set(src.file_ids()), cand_src, warnings)
+            u_l, v_l = src.crc(refs) if refs else (np.zeros(0), np.zeros((0, v_u.shape[1]), dtype=np.float32))
+            fn = C.top_diverse_k if selector == "top-diverse-k" else C.barycenter_kcenter
+            chosen = fn(u_u, v_u, ids_u, u_l, v_l, budget, tau=tau, device=dev)
+    else:  # pragma: no cover - registry and branches are kept in step by tests
+        raise UnknownName(f"strategy {strategy!r} has no selection rule")
+
+    chosen = [str(i) for i in chosen]
+    assert len(chosen) == len(set(chosen)) == budget and not (set(chosen) & labeled_set)
+    write_ids(out_path, chosen)
+    updated = None
+    if update:
+        append_ids(labeled_path, chosen)
+        updated = str(labeled_path)
+    result = SelectResult(
+        out_path=str(out_path), strategy=strategy, selected=chosen, budget=budget, n_unlabeled=len(unlabeled),
+        n_labeled=len(labeled), seed=seed, warnings=warnings, labeled_updated=updated,
+        seconds=time.perf_counter() - t0,
+    )
+    write_manifest(
+        out_path, stage="select",
+        args={"strategy": strategy, "budget": budget, "labeled_path": labeled_path, "pool_path": pool_path,
+              "scores_path": scores_path, "pool_ids_path": pool_ids_path, "calibration_path": calibration_path,
+              "seed": seed, "stochastic": stochastic, "groups": groups, "base_score": base_score,
+              "embedding": embedding, "badge_embedding": badge_embedding, "tau": tau, "selector": selector,
+              "aggregation": aggregation, "q": q, "update": update},
+        inputs=[labeled_path, pool_path, scores_path, pool_ids_path, calibration_path], outputs=[out_path],
+        seconds=result.seconds, result=result,
+    )
+    return result

@@ -1,0 +1,55 @@
+"""``alseg score``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from alseg.commands._console import err, out, print_json, progress_bar
+from alseg.commands._errors import cli_errors
+from alseg.commands._options import Json, Overwrite, Quiet
+from alseg.files.manifest import to_jsonable
+from alseg.registry import SCORED
+
+
+@cli_errors
+def main(
+    pool: Annotated[Path, typer.Argument(help="Pool file written by `alseg infer`.", show_default=False)],
+    strategy: Annotated[list[str], typer.Option(
+        "--strategy", "-s", help=f"Strategy to score; repeat for several. One of: {', '.join(SCORED)}.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Scores file to write (HDF5).")],
+    calibration: Annotated[Optional[Path], typer.Option(
+        help="Calibration JSON from `alseg calibrate` (needed by crc).")] = None,
+    aggregation: Annotated[str, typer.Option(
+        help="Pixel-to-image reduction for entropy/margin/least-confidence: mean, sum or top-q.")] = "mean",
+    q: Annotated[float, typer.Option(help="Percent of highest pixel scores averaged by --aggregation top-q.")] = 10.0,
+    save_risk_maps: Annotated[int, typer.Option(
+        help="Keep the CRC risk maps of the N most uncertain images (for `alseg report`).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images read from the pool file at a time.")] = 16,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    json: Json = False,
+) -> None:
+    """Score every image of a pool file for one or more strategies.
+
+    Streams the pool file one batch at a time (memory does not grow with the pool) and writes the image
+    scores and strategy embeddings (contextual-diversity matrices, BADGE logit-gradient embedding, CRC-AL
+    uncertainty u(x) and co-occurrence embedding v(x)).
+
+    Reads: POOL (and --calibration for crc). Writes: --out scores file and OUT.manifest.json.
+
+    Example: alseg score pool.h5 --strategy margin --strategy entropy --out scores.h5
+    """
+    from alseg.stages.score import score
+
+    with progress_bar("score", quiet=quiet) as bar:
+        result = score(pool, strategies=strategy, out_path=out_path, calibration_path=calibration,
+                       aggregation=aggregation, q=q, save_risk_maps=save_risk_maps, batch_size=batch_size,
+                       overwrite=overwrite, progress=bar)
+    if json:
+        print_json(to_jsonable(result))
+    else:
+        err.print(f"scored {result.n_images} images: {', '.join(result.datasets)} ({result.seconds:.1f} s)")
+        out.print(result.out_path)
