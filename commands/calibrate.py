@@ -66,5 +66,5 @@ def main(
         table.add_row(*row)
     err.print(table)
     if ev:
-        err.print(f"held-out pixel coverage {ev['coverage']:.4f}; set sizes {ev['set_size_hist']}")
+        err.print(f"held-out pixel coverage {ev['coverage']:.4f}; set sizes {ev['set_size_counts']}")
     out.print(result.out_path)

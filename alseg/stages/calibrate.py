@@ -117,6 +117,7 @@ def calibrate(
             evaluation = {**ev.result(), "pool_path": str(evaluate_path)}
     doc = {
         **cal.to_dict(),
+        "grid": cal.grid,
         "t_min": t_min,
         "class_names": class_names,
         "pool_path": str(pool_path),

@@ -1,0 +1,553 @@
+"""CRC-AL math: conformal risk control calibration, prediction sets, risk maps and Top-Diverse-K.
+
+Erhan & Ure, "Reducing Annotation Effort in Semantic Segmentation Through Conformal Risk Controlled
+Active Learning", AI 2025, 6(10), 270; conformal risk control: Angelopoulos et al., ICLR 2024.
+The exact rules are in ALGORITHMS.md §9; the reference implementation's defects fixed here are in §10
+(exact CRC bound instead of ``α(n+1)/n - 1/(n+1)``; one histogram pass instead of K·1001 iterations per
+image; no N x N matrices in selection).
+
+Pure numpy (torch only inside the selectors, for ``device``): no I/O, no printing. Inputs are
+probabilities (softmax already applied by ``alseg.strategies.softmax``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from alseg.errors import EmptyPoolError, InputError, NonFiniteError
+
+DEFAULT_BINS = 1000
+DEFAULT_T_MIN = 0.001
+DEFAULT_ALPHA = 0.05
+BARYCENTER_EPS = 1.19e-7  # float32 machine epsilon, as in the reference implementation
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    """A numpy view of a numpy array or a (possibly CUDA) torch tensor."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _check_probs(probs: Any, what: str = "probs") -> np.ndarray:
+    probs = _as_numpy(probs)
+    if probs.ndim != 4:
+        raise InputError(f"{what} must have shape (n_images, n_classes, H, W), got {probs.shape}")
+    if not np.isfinite(probs).all():
+        bad = np.unique(np.nonzero(~np.isfinite(probs))[0])
+        raise NonFiniteError(f"{what} hold NaN or inf (batch rows {bad[:5].tolist()}); check the stored logits")
+    return probs
+
+
+def _check_labels(labels: Any, probs: np.ndarray, n_classes: int, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (labels as int64 with ignore pixels set to 0, valid mask)."""
+    labels = _as_numpy(labels)
+    n, _, h, w = probs.shape
+    if labels.shape != (n, h, w):
+        raise InputError(f"labels must have shape {(n, h, w)} to match probs {probs.shape}, got {labels.shape}")
+    labels = labels.astype(np.int64, copy=False)
+    valid = labels != ignore_index
+    bad = valid & ((labels < 0) | (labels >= n_classes))
+    if bad.any():
+        i = int(np.nonzero(bad.any(axis=(1, 2)))[0][0])
+        raise InputError(
+            f"labels hold values outside 0..{n_classes - 1} and != ignore_index {ignore_index} "
+            f"(batch row {i}, e.g. {int(labels[bad][0])}); check n_classes and ignore_index"
+        )
+    return np.where(valid, labels, 0), valid
+
+
+def calibration_grid(bins: int = DEFAULT_BINS) -> np.ndarray:
+    """Threshold grid t_j = j / bins, j = 0..bins, float64, shape (bins+1,)."""
+    return np.arange(bins + 1, dtype=np.float64) / bins
+
+
+def crc_bound(n: int, alpha: float) -> float:
+    """The CRC risk bound α - (1-α)/n on R̂ (B = 1); -inf for n = 0."""
+    if n <= 0:
+        return -np.inf
+    return alpha - (1.0 - alpha) / n
+
+
+def _check_alpha(alpha: float) -> float:
+    alpha = float(alpha)
+    if not 0.0 < alpha < 1.0:
+        raise InputError(f"alpha must lie in (0, 1), got {alpha}")
+    return alpha
+
+
+# ------------------------------------------------------------------------------------------ calibration
+
+
+def crc_threshold(risk_curve: Any, n: int, alpha: float, grid: Any) -> float:
+    """Exact conformal risk control threshold (ALGORITHMS.md §9.1).
+
+    ``risk_curve`` (bins+1,) is R̂(t_j) on ``grid`` (non-decreasing, R̂(0) = 0). Returns the largest grid t
+    with R̂(t) ≤ α - (1-α)/n, i.e. sup{t : n/(n+1) R̂(t) + 1/(n+1) ≤ α}. Returns 0.0 when n = 0 or the
+    bound is negative (too few images; the class is then "uncalibrated").
+    """
+    alpha = _check_alpha(alpha)
+    bound = crc_bound(int(n), alpha)
+    if bound < 0:
+        return 0.0
+    risk_curve = np.asarray(risk_curve, dtype=np.float64)
+    grid = np.asarray(grid, dtype=np.float64)
+    ok = np.nonzero(risk_curve <= bound)[0]
+    if ok.size == 0:  # cannot happen for a real curve (R̂(0) = 0), kept for hand-made inputs
+        return 0.0
+    return float(grid[ok[-1]])
+
+
+@dataclass
+class Calibration:
+    """Per-class CRC thresholds and the risk curves they came from.
+
+    thresholds (K,) float64: t̂_k (0.0 where uncalibrated). n_images (K,) int: n_k, the calibration
+    images containing class k. uncalibrated (K,) bool: n_k = 0 or α - (1-α)/n_k < 0. grid (bins+1,)
+    float64: t_j = j/bins. risk (K, bins+1) float64: R̂_k(t_j); rows of classes with n_k = 0 are all
+    zero (no data; read ``n_images`` before plotting them).
+    """
+
+    alpha: float
+    bins: int
+    thresholds: np.ndarray
+    n_images: np.ndarray
+    uncalibrated: np.ndarray
+    grid: np.ndarray
+    risk: np.ndarray
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.thresholds.shape[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python types only (JSON-ready). The grid is implied by ``bins`` and not stored."""
+        return {
+            "alpha": float(self.alpha),
+            "bins": int(self.bins),
+            "thresholds": [float(t) for t in self.thresholds],
+            "n_images": [int(n) for n in self.n_images],
+            "uncalibrated": [bool(b) for b in self.uncalibrated],
+            "risk": [[float(r) for r in row] for row in self.risk],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        try:
+            bins = int(d["bins"])
+            thresholds = np.asarray(d["thresholds"], dtype=np.float64)
+            n_images = np.asarray(d["n_images"], dtype=np.int64)
+            uncalibrated = np.asarray(d["uncalibrated"], dtype=bool)
+            risk = np.asarray(d["risk"], dtype=np.float64).reshape(len(thresholds), bins + 1)
+            alpha = float(d["alpha"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"malformed calibration record: {exc}") from None
+        k = thresholds.shape[0]
+        if n_images.shape != (k,) or uncalibrated.shape != (k,):
+            raise InputError("malformed calibration record: per-class lists differ in length")
+        return cls(alpha, bins, thresholds, n_images, uncalibrated, calibration_grid(bins), risk)
+
+
+class CalibrationAccumulator:
+    """Streaming CRC calibration (ALGORITHMS.md §9.1): one pass, one histogram per (image, class).
+
+    ``update(probs, labels)``: probs (n, K, H, W) float (numpy or torch), labels (n, H, W) int with
+    ``ignore_index`` for unlabeled pixels. For each image i and class k present in its labels, the
+    loss L_i^k(t_j) = fraction of class-k pixels with p_k < t_j is read off a cumulative histogram of
+    p_k over those pixels; Σ_i L_i^k(t_j) and n_k are accumulated. ``result(alpha)`` gives a
+    :class:`Calibration`. One update holds a histogram of n·K·(bins+2) int64: feed batches, not the
+    whole calibration set.
+    """
+
+    def __init__(self, n_classes: int, *, bins: int = DEFAULT_BINS, ignore_index: int = 255) -> None:
+        if n_classes < 1:
+            raise InputError(f"n_classes must be >= 1, got {n_classes}")
+        if bins < 1:
+            raise InputError(f"bins must be >= 1, got {bins}")
+        self.n_classes = int(n_classes)
+        self.bins = int(bins)
+        self.ignore_index = int(ignore_index)
+        self.grid = calibration_grid(self.bins)
+        self.risk_sum = np.zeros((self.n_classes, self.bins + 1), dtype=np.float64)
+        self.n_images = np.zeros(self.n_classes, dtype=np.int64)
+
+    def update(self, probs: Any, labels: Any) -> None:
+        probs = _check_probs(probs)
+        n, k, h, w = probs.shape
+        if k != self.n_classes:
+            raise InputError(f"probs have {k} classes, the calibration expects {self.n_classes}")
+        labels, valid = _check_labels(labels, probs, k, self.ignore_index)
+        if n == 0:
+            return
+        # p at the true label, only at labeled pixels.
+        p_true = np.take_along_axis(probs, labels[:, None], axis=1)[:, 0][valid]
+        img = np.broadcast_to(np.arange(n)[:, None, None], labels.shape)[valid]
+        cls = labels[valid]
+        # b = #{j : t_j <= p}; then p < t_j  <=>  j >= b, so L(t_j) = cumsum(hist)[j] / count, exactly,
+        # with the same float64 comparison a per-threshold loop would make.
+        b = np.searchsorted(self.grid, p_true.astype(np.float64), side="right")
+        nb = self.bins + 2  # b ranges over 1..bins+1 (bins+1 only for p >= 1, never below a grid t)
+        flat = (img * k + cls) * nb + b
+        hist = np.bincount(flat, minlength=n * k * nb).reshape(n, k, nb)
+        counts = hist.sum(axis=2)  # (n, K) class-k pixels per image
+        present = counts > 0
+        below = np.cumsum(hist[:, :, : self.bins + 1], axis=2)
+        loss = below / np.maximum(counts, 1)[:, :, None]  # 0 rows where absent
+        self.risk_sum += loss.sum(axis=0)
+        self.n_images += present.sum(axis=0)
+
+    def result(self, alpha: float = DEFAULT_ALPHA) -> Calibration:
+        alpha = _check_alpha(alpha)
+        risk = self.risk_sum / np.maximum(self.n_images, 1)[:, None]
+        thresholds = np.array(
+            [crc_threshold(risk[c], int(self.n_images[c]), alpha, self.grid) for c in range(self.n_classes)],
+            dtype=np.float64,
+        )
+        uncalibrated = np.array([crc_bound(int(n), alpha) < 0 for n in self.n_images], dtype=bool)
+        return Calibration(
+            alpha=alpha,
+            bins=self.bins,
+            thresholds=thresholds,
+            n_images=self.n_images.copy(),
+            uncalibrated=uncalibrated,
+            grid=self.grid.copy(),
+            risk=risk,
+        )
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+
+def effective_thresholds(thresholds: Any, t_min: float = DEFAULT_T_MIN) -> np.ndarray:
+    """Query-time thresholds max(t̂_k, t_min), float64 (K,): an uncalibrated class (t̂ = 0) then does not
+    enter every pixel's prediction set."""
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if thresholds.ndim != 1:
+        raise InputError(f"thresholds must be 1-D (n_classes,), got shape {thresholds.shape}")
+    if not np.isfinite(thresholds).all():
+        raise NonFiniteError("thresholds hold NaN or inf; recalibrate")
+    return np.maximum(thresholds, float(t_min))
+
+
+def prediction_sets(probs: Any, thresholds: Any, *, t_min: float = DEFAULT_T_MIN) -> np.ndarray:
+    """C(u) = {k : p_k(u) >= max(t̂_k, t_min)} as a bool array (n, K, H, W)."""
+    probs = _check_probs(probs)
+    thr = effective_thresholds(thresholds, t_min)
+    if thr.shape[0] != probs.shape[1]:
+        raise InputError(f"{thr.shape[0]} thresholds for probs with {probs.shape[1]} classes")
+    # float32 p is promoted to float64 for the comparison (numpy 2 array-array promotion): exact.
+    return probs >= thr[None, :, None, None]
+
+
+class EvaluationAccumulator:
+    """Empirical CRC quality on labeled images, at the floored thresholds max(t̂_k, t_min).
+
+    ``result()`` returns a JSON-ready dict:
+    - ``fnr``: per class, mean over images containing k of the fraction of class-k pixels not in their
+      prediction set (None for classes in no image); ``n_images``: per class, those images.
+    - ``coverage``: share of non-ignore pixels whose true label is in the set; ``n_pixels``: those pixels.
+    - ``set_size_counts``: counts of |C(u)| = 0..K over non-ignore pixels; ``mean_set_size``.
+    """
+
+    def __init__(
+        self,
+        thresholds: Any,
+        *,
+        t_min: float = DEFAULT_T_MIN,
+        ignore_index: int = 255,
+        n_classes: int | None = None,
+    ) -> None:
+        self.thresholds = effective_thresholds(thresholds, t_min)
+        self.t_min = float(t_min)
+        k = self.thresholds.shape[0]
+        if n_classes is not None and n_classes != k:
+            raise InputError(f"n_classes = {n_classes} but {k} thresholds were given")
+        self.n_classes = k
+        self.ignore_index = int(ignore_index)
+        self.fnr_sum = np.zeros(k, dtype=np.float64)
+        self.n_images = np.zeros(k, dtype=np.int64)
+        self.n_covered = 0
+        self.n_pixels = 0
+        self.set_size_counts = np.zeros(k + 1, dtype=np.int64)
+
+    def update(self, probs: Any, labels: Any) -> None:
+        probs = _check_probs(probs)
+        n, k, h, w = probs.shape
+        if k != self.n_classes:
+            raise InputError(f"probs have {k} classes, the thresholds {self.n_classes}")
+        labels, valid = _check_labels(labels, probs, k, self.ignore_index)
+        sets = probs >= self.thresholds[None, :, None, None]  # (n, K, H, W)
+        covered = np.take_along_axis(sets, labels[:, None], axis=1)[:, 0] & valid  # (n, H, W)
+        onehot = (labels[:, None] == np.arange(k)[None, :, None, None]) & valid[:, None]  # (n, K, H, W)
+        n_k = onehot.sum(axis=(2, 3))  # (n, K)
+        n_hit = (onehot & sets).sum(axis=(2, 3))
+        present = n_k > 0
+        self.fnr_sum += np.where(present, 1.0 - n_hit / np.maximum(n_k, 1), 0.0).sum(axis=0)
+        self.n_images += present.sum(axis=0)
+        self.n_covered += int(covered.sum())
+        self.n_pixels += int(valid.sum())
+        sizes = sets.sum(axis=1)[valid]
+        self.set_size_counts += np.bincount(sizes, minlength=k + 1)
+
+    def result(self) -> dict[str, Any]:
+        fnr = [float(s / n) if n > 0 else None for s, n in zip(self.fnr_sum, self.n_images)]
+        total = int(self.set_size_counts.sum())
+        return {
+            "thresholds": [float(t) for t in self.thresholds],
+            "t_min": self.t_min,
+            "fnr": fnr,
+            "n_images": [int(n) for n in self.n_images],
+            "coverage": float(self.n_covered / self.n_pixels) if self.n_pixels else None,
+            "n_pixels": int(self.n_pixels),
+            "set_size_counts": [int(c) for c in self.set_size_counts],
+            "mean_set_size": (
+                float((np.arange(self.n_classes + 1) * self.set_size_counts).sum() / total) if total else None
+            ),
+        }
+
+
+# ------------------------------------------------------------------------------ prediction sets, scores
+
+
+def cooccurrence(sets: Any) -> np.ndarray:
+    """Co-occurrence pattern D (n, K, K) float64 from prediction sets (n, K, H, W) bool.
+
+    M = P Pᵀ (set-indicator counts per image), D_ab = M_ab² / Σ_b' M_ab'²; rows with zero sum stay 0.
+    """
+    sets = _as_numpy(sets).astype(bool, copy=False)
+    if sets.ndim != 4:
+        raise InputError(f"sets must have shape (n_images, n_classes, H, W), got {sets.shape}")
+    n, k, h, w = sets.shape
+    # Counts are integers <= H·W, exact in float32 up to 2^24 pixels per image.
+    dtype = np.float32 if h * w <= 2**24 else np.float64
+    p = sets.reshape(n, k, h * w).astype(dtype)
+    m = np.matmul(p, p.transpose(0, 2, 1)).astype(np.float64)
+    m2 = m * m
+    row = m2.sum(axis=2, keepdims=True)
+    return np.divide(m2, row, out=np.zeros_like(m2), where=row > 0)
+
+
+def confusion_weights(cooc: Any) -> np.ndarray:
+    """Confusion weights w (n, K) float64 in [0, 1]: w_a = -Σ_b D_ab log D_ab / log K, 0 log 0 = 0."""
+    d = np.asarray(cooc, dtype=np.float64)
+    if d.ndim != 3 or d.shape[1] != d.shape[2]:
+        raise InputError(f"co-occurrence must have shape (n_images, K, K), got {d.shape}")
+    k = d.shape[1]
+    if k < 2:
+        raise InputError("CRC-AL needs at least 2 classes (w is normalised by log K)")
+    dlogd = np.where(d > 0, d * np.log(np.where(d > 0, d, 1.0)), 0.0)
+    return -dlogd.sum(axis=2) / np.log(k)
+
+
+def risk_maps(sets: Any, weights: Any) -> np.ndarray:
+    """Risk map R (n, H, W) float32: R(u) = Σ_{a∈C(u)} w_a / Σ_a w_a, R = 0 where Σ w = 0."""
+    sets = _as_numpy(sets).astype(bool, copy=False)
+    w = np.asarray(weights, dtype=np.float64)
+    n, k, h, wd = sets.shape
+    if w.shape != (n, k):
+        raise InputError(f"weights must have shape {(n, k)}, got {w.shape}")
+    total = w.sum(axis=1, keepdims=True)
+    wn = np.divide(w, total, out=np.zeros_like(w), where=total > 0)
+    r = np.matmul(wn[:, None, :], sets.reshape(n, k, h * wd).astype(np.float64))
+    return r.reshape(n, h, wd).astype(np.float32)
+
+
+def crc_image_scores(
+    probs: Any,
+    thresholds: Any,
+    *,
+    t_min: float = DEFAULT_T_MIN,
+    return_risk_maps: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """CRC-AL image scores (ALGORITHMS.md §9.2). Higher u = more informative.
+
+    probs (n, K, H, W) float; thresholds (K,) calibrated t̂ (floored at ``t_min``). Returns
+    u (n,) float64 = mean risk map, v (n, K*K) float32 = vec(D) row-major, and the risk maps
+    (n, H, W) float32 when ``return_risk_maps`` (else None). Works on the whole batch at once
+    (temporaries of n·K·H·W·8 bytes): callers choose n.
+    """
+    sets = prediction_sets(probs, thresholds, t_min=t_min)
+    n, k = sets.shape[:2]
+    d = cooccurrence(sets)
+    w = confusion_weights(d)
+    r = risk_maps(sets, w)
+    u = r.reshape(n, -1).mean(axis=1, dtype=np.float64) if n else np.zeros(0)
+    v = d.reshape(n, k * k).astype(np.float32)
+    return u, v, (r if return_risk_maps else None)
+
+
+# ---------------------------------------------------------------------------------------- selection
+
+
+def _prepare_selection(u_unlabeled, v_unlabeled, ids_unlabeled, u_reference, v_reference, budget):
+    u_c = np.asarray(_as_numpy(u_unlabeled), dtype=np.float64).reshape(-1)
+    v_c = np.asarray(_as_numpy(v_unlabeled))
+    ids = np.asarray(ids_unlabeled)
+    n = u_c.shape[0]
+    if n == 0:
+        raise EmptyPoolError("no unlabeled candidates to select from; the pool is empty")
+    if v_c.ndim != 2 or v_c.shape[0] != n or ids.shape != (n,):
+        raise InputError(
+            f"candidates: u {u_c.shape}, v {v_c.shape}, ids {ids.shape} must be (N,), (N, E), (N,)"
+        )
+    if np.unique(ids).shape[0] != n:
+        raise InputError("candidate ids are not unique; ids are the join key")
+    e = v_c.shape[1]
+    if u_reference is None or v_reference is None:
+        u_r, v_r = np.zeros(0), np.zeros((0, e), dtype=np.float32)
+    else:
+        u_r = np.asarray(_as_numpy(u_reference), dtype=np.float64).reshape(-1)
+        v_r = np.asarray(_as_numpy(v_reference))
+        if v_r.size == 0:
+            v_r = v_r.reshape(0, e)
+        if v_r.ndim != 2 or v_r.shape != (u_r.shape[0], e):
+            raise InputError(f"references: u {u_r.shape}, v {v_r.shape} must be (M,), (M, {e})")
+    for name, arr in (("u_unlabeled", u_c), ("v_unlabeled", v_c), ("u_reference", u_r), ("v_reference", v_r)):
+        if not np.isfinite(arr).all():
+            raise NonFiniteError(f"{name} holds NaN or inf; rescore")
+    if (u_c < 0).any() or (u_r < 0).any():
+        raise InputError("image scores u must be >= 0 for the barycenter distance")
+    if int(budget) < 0:
+        raise InputError(f"budget must be >= 0, got {budget}")
+    order = np.argsort(ids, kind="stable")  # canonical order: result never depends on row order
+    return u_c[order], v_c[order], ids[order], u_r, v_r, int(budget)
+
+
+class _BarycenterRows:
+    """D'_ij for one or a block of references i against all candidates j, in candidate chunks.
+
+    Every element is computed the same way whatever the chunking (direct difference, float64 sum of
+    squares over the embedding axis), so selections do not depend on ``chunk_size``.
+    """
+
+    def __init__(self, u_c, v_c, tau, device, chunk_size):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.u_c = torch.as_tensor(u_c, dtype=torch.float64, device=self.device)
+        # float64 copy of the candidate embeddings (N·E·8 bytes): converting per chunk and per pick would
+        # cost more time than the distances themselves.
+        self.v_c = torch.as_tensor(np.ascontiguousarray(v_c, dtype=np.float64), device=self.device)
+        self.tau = float(tau)
+        self.chunk = max(1, int(chunk_size))
+        self.n = self.u_c.shape[0]
+
+    def block(self, u_r, v_r) -> Any:
+        """D' (m, N) float64 for m references (m small): u_r (m,), v_r (m, E)."""
+        torch = self.torch
+        u_r = torch.as_tensor(np.asarray(u_r, dtype=np.float64), device=self.device)
+        v_r = torch.as_tensor(np.ascontiguousarray(v_r), device=self.device).to(torch.float64)
+        m = u_r.shape[0]
+        out = torch.empty((m, self.n), dtype=torch.float64, device=self.device)
+        step = max(1, self.chunk // max(m, 1))
+        for s in range(0, self.n, step):
+            # Direct per-pair distances (no ||a||² + ||b||² - 2ab expansion): each element is computed
+            # the same way whatever the block shape, and without cancellation.
+            d = torch.cdist(v_r, self.v_c[s : s + step], compute_mode="donot_use_mm_for_euclid_dist")
+            uc = self.u_c[s : s + step]
+            omega = uc[None, :] / (u_r[:, None] + uc[None, :] + BARYCENTER_EPS)
+            # torch.pow(0, 0) = 1, so τ = 1 with u_j = 0 and τ = 0 give no NaN.
+            out[:, s : s + step] = torch.pow(d + BARYCENTER_EPS, self.tau) * torch.pow(omega, 1.0 - self.tau)
+        return out
+
+
+def _greedy(u_unlabeled, v_unlabeled, ids_unlabeled, u_reference, v_reference, budget, tau, device,
+            chunk_size, use_mean):
+    import torch
+
+    u_c, v_c, ids, u_r, v_r, budget = _prepare_selection(
+        u_unlabeled, v_unlabeled, ids_unlabeled, u_reference, v_reference, budget
+    )
+    tau = float(tau)
+    if not 0.0 <= tau <= 1.0:
+        raise InputError(f"tau must lie in [0, 1], got {tau}")
+    n = u_c.shape[0]
+    budget = min(budget, n)
+    rows = _BarycenterRows(u_c, v_c, tau, device, chunk_size)
+    dev = rows.device
+    run_sum = torch.zeros(n, dtype=torch.float64, device=dev)
+    run_min = torch.full((n,), float("inf"), dtype=torch.float64, device=dev)
+    n_ref = 0
+
+    def absorb(block):
+        nonlocal n_ref
+        # Row by row, in reference order: the running sum is the same float64 sequence for any chunking.
+        for r in range(block.shape[0]):
+            run_sum.add_(block[r])
+            torch.minimum(run_min, block[r], out=run_min)
+        n_ref += block.shape[0]
+
+    m = u_r.shape[0]
+    ref_step = max(1, int(chunk_size) // max(n, 1))
+    for s in range(0, m, ref_step):
+        absorb(rows.block(u_r[s : s + ref_step], v_r[s : s + ref_step]))
+
+    picked = torch.zeros(n, dtype=torch.bool, device=dev)
+    u_t = torch.as_tensor(u_c, dtype=torch.float64, device=dev)
+    order: list[int] = []
+    for step in range(budget):
+        if n_ref == 0:
+            f = u_t.clone()
+        elif use_mean:
+            f = run_sum / n_ref + run_min
+        else:
+            f = run_min.clone()
+        f[picked] = -float("inf")
+        # argmax returns the first maximum; candidates are sorted by id, so ties go to the smallest id.
+        j = int(torch.argmax(f).item())
+        order.append(j)
+        picked[j] = True
+        if step + 1 < budget:
+            absorb(rows.block(u_c[j : j + 1], v_c[j : j + 1]))
+    return ids[np.asarray(order, dtype=np.int64)]
+
+
+def top_diverse_k(
+    u_unlabeled: Any,
+    v_unlabeled: Any,
+    ids_unlabeled: Any,
+    u_reference: Any,
+    v_reference: Any,
+    budget: int,
+    *,
+    tau: float = 0.5,
+    device: str = "cpu",
+    chunk_size: int = 16384,
+) -> np.ndarray:
+    """Top-Diverse-K selection on the barycenter distance (ALGORITHMS.md §9.3). Returns ranked ids.
+
+    u (N,)/(M,) image scores ≥ 0, v (N, E)/(M, E) embeddings vec(D) of candidates and references
+    (labeled images; M may be 0). D'_ij = (||v_i - v_j|| + ε)^τ · (u_j / (u_i + u_j + ε))^(1-τ) from
+    reference i to candidate j. T starts as the references; each pick maximises mean_{i∈T} D'_ij +
+    min_{i∈T} D'_ij (argmax u when T is empty) and joins T. Running sum/min per candidate: memory O(N),
+    each pick O(N·E). Candidates are sorted by id first; ties go to the smallest id. ``chunk_size``
+    bounds the (reference, candidate) pairs held at once and does not change the result.
+    """
+    return _greedy(u_unlabeled, v_unlabeled, ids_unlabeled, u_reference, v_reference, budget, tau, device,
+                   chunk_size, use_mean=True)
+
+
+def barycenter_kcenter(
+    u_unlabeled: Any,
+    v_unlabeled: Any,
+    ids_unlabeled: Any,
+    u_reference: Any,
+    v_reference: Any,
+    budget: int,
+    *,
+    tau: float = 0.5,
+    device: str = "cpu",
+    chunk_size: int = 16384,
+) -> np.ndarray:
+    """Greedy k-center on the barycenter distance D' (``--selector kcenter``): each pick maximises
+    min_{i∈T} D'_ij (argmax u when T is empty). Same inputs, canonical order and ties as
+    :func:`top_diverse_k`."""
+    return _greedy(u_unlabeled, v_unlabeled, ids_unlabeled, u_reference, v_reference, budget, tau, device,
+                   chunk_size, use_mean=False)
