@@ -1,0 +1,327 @@
+"""Pure scorers: logits in, per-pixel / per-image scores or embeddings out.
+
+Everything here follows ``spec/ALGORITHMS.md`` sections 2-4, 7 and 8. Functions are pure: no I/O, no
+printing, no globals, no in-place edits of their inputs. Arrays are numpy in and out (torch is used
+internally where it is the simplest vectorised tool); the one exception is
+:func:`badge_last_layer_embedding`, which runs inside model inference and takes and returns torch tensors.
+
+Score direction: higher = more informative = picked first, for every scorer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from alseg.errors import InputError, NonFiniteError, UnknownName
+
+__all__ = [
+    "AGGREGATIONS",
+    "PIXEL_SCORERS",
+    "aggregate",
+    "badge_last_layer_embedding",
+    "badge_logit_embedding",
+    "badge_window",
+    "check_finite",
+    "contextual_diversity",
+    "get_pixel_scorer",
+    "image_scores",
+    "pixel_entropy",
+    "pixel_least_confidence",
+    "pixel_margin",
+    "softmax",
+]
+
+# How many offending ids a NonFiniteError message lists before "...".
+_MAX_IDS_IN_MESSAGE = 5
+
+
+def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Numerically stable softmax along ``axis``, computed in float32.
+
+    ``logits``: float16 or float32 (any float is accepted and cast), e.g. ``(N, K, H, W)``.
+    Returns float32 probabilities of the same shape. This is the one softmax helper of alseg.
+    """
+    x = np.asarray(logits)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise InputError(f"logits must be a float array, got dtype {x.dtype}")
+    x = x.astype(np.float32, copy=True)
+    x -= x.max(axis=axis, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=axis, keepdims=True)
+    return x
+
+
+def check_finite(array: np.ndarray, ids: Sequence[str] | None = None, what: str = "logits") -> None:
+    """Raise :class:`NonFiniteError` if ``array`` holds NaN or inf.
+
+    ``ids`` (optional) is aligned with axis 0 of ``array``; the message names the first offending ids,
+    or the first offending row positions when no ids are given.
+    """
+    a = np.asarray(array)
+    if a.ndim == 0:
+        if not np.isfinite(a):
+            raise NonFiniteError(f"{what} hold NaN or inf")
+        return
+    if a.size == 0:
+        return
+    rows = a.reshape(a.shape[0], -1)
+    # Blocks of rows keep the boolean temporary small for pools of millions of embeddings.
+    block = max(1, (1 << 24) // max(1, rows.shape[1]))
+    bad = [np.flatnonzero(~np.isfinite(rows[i : i + block]).all(axis=1)) + i for i in range(0, rows.shape[0], block)]
+    bad_rows = np.concatenate(bad)
+    if bad_rows.size == 0:
+        return
+    if ids is not None:
+        ids_arr = np.asarray(ids)
+        names = [str(ids_arr[i]) for i in bad_rows[:_MAX_IDS_IN_MESSAGE]]
+        where = "id(s) " + ", ".join(names)
+    else:
+        where = "row(s) " + ", ".join(str(int(i)) for i in bad_rows[:_MAX_IDS_IN_MESSAGE])
+    more = f" and {len(bad_rows) - _MAX_IDS_IN_MESSAGE} more" if len(bad_rows) > _MAX_IDS_IN_MESSAGE else ""
+    raise NonFiniteError(
+        f"{what} hold NaN or inf for {where}{more}; check the model output for these images "
+        f"(e.g. re-run inference in float32)"
+    )
+
+
+def _check_probs(probs: np.ndarray) -> np.ndarray:
+    p = np.asarray(probs)
+    if p.ndim != 4:
+        raise InputError(f"probabilities must have shape (N, K, H, W), got shape {p.shape}")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixel scorers: probs (N, K, H, W) -> (N, H, W) float32, higher = more informative.
+
+
+def pixel_entropy(probs: np.ndarray) -> np.ndarray:
+    """Normalised entropy h(u) = -sum_k p_k log p_k / log K, with 0 log 0 = 0; in [0, 1].
+
+    Lewis & Catlett 1994 (spec section 2). ``probs`` (N, K, H, W) -> (N, H, W) float32.
+    With K = 1 every pixel is certain and the score is 0.
+    """
+    p = _check_probs(probs).astype(np.float32, copy=False)
+    n_classes = p.shape[1]
+    if n_classes <= 1:
+        return np.zeros((p.shape[0],) + p.shape[2:], dtype=np.float32)
+    positive = p > 0
+    plogp = np.where(positive, p * np.log(np.where(positive, p, 1.0)), 0.0)
+    h = -plogp.sum(axis=1) / np.float32(math.log(n_classes))
+    return np.clip(h, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def pixel_margin(probs: np.ndarray) -> np.ndarray:
+    """Margin score m(u) = 1 - (p_(1) - p_(2)) of the two largest probabilities; in [0, 1].
+
+    Roth & Small 2006 (spec section 3). ``probs`` (N, K, H, W) -> (N, H, W) float32.
+    """
+    p = _check_probs(probs).astype(np.float32, copy=False)
+    if p.shape[1] == 1:
+        top1, top2 = p[:, 0], np.zeros_like(p[:, 0])
+    else:
+        two = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
+        top1, top2 = two[:, 1], two[:, 0]
+    return (np.float32(1.0) - (top1 - top2)).astype(np.float32, copy=False)
+
+
+def pixel_least_confidence(probs: np.ndarray) -> np.ndarray:
+    """Least-confidence score c(u) = 1 - max_k p_k.
+
+    Joshi et al. 2009 (spec section 4). ``probs`` (N, K, H, W) -> (N, H, W) float32.
+    """
+    p = _check_probs(probs).astype(np.float32, copy=False)
+    return (np.float32(1.0) - p.max(axis=1)).astype(np.float32, copy=False)
+
+
+PixelScorer = Callable[[np.ndarray], np.ndarray]
+
+PIXEL_SCORERS: dict[str, PixelScorer] = {
+    "entropy": pixel_entropy,
+    "margin": pixel_margin,
+    "least-confidence": pixel_least_confidence,
+}
+
+
+def get_pixel_scorer(name: str) -> PixelScorer:
+    """Look up a pixel scorer by registry key; unknown names raise :class:`UnknownName`."""
+    if name not in PIXEL_SCORERS:
+        raise UnknownName(f"unknown scorer {name!r}; choose one of: {', '.join(sorted(PIXEL_SCORERS))}")
+    return PIXEL_SCORERS[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation: (N, H, W) -> (N,)
+
+AGGREGATIONS = ("mean", "sum", "top-q")
+
+
+def aggregate(pixel_scores: np.ndarray, how: str = "mean", q: float = 10.0) -> np.ndarray:
+    """Reduce per-pixel scores (N, H, W) to per-image scores (N,) float64.
+
+    ``mean`` (default, as in the reference), ``sum``, or ``top-q``: the mean of the highest ``q`` percent
+    of pixel scores of each image, i.e. of the top max(1, floor(q/100 * H*W)) pixels.
+    """
+    s = np.asarray(pixel_scores)
+    if s.ndim < 2:
+        raise InputError(f"pixel scores must have shape (N, H, W), got shape {s.shape}")
+    flat = s.reshape(s.shape[0], -1).astype(np.float64)
+    if how == "mean":
+        return flat.mean(axis=1)
+    if how == "sum":
+        return flat.sum(axis=1)
+    if how == "top-q":
+        if not (0.0 < q <= 100.0):
+            raise InputError(f"top-q percentage must be in (0, 100], got {q}")
+        n_pixels = flat.shape[1]
+        # The small slack keeps e.g. q=10 on 100 pixels at exactly 10 despite float rounding.
+        k = max(1, int(math.floor(q / 100.0 * n_pixels + 1e-9)))
+        k = min(k, n_pixels)
+        top = np.partition(flat, n_pixels - k, axis=1)[:, n_pixels - k :]
+        return top.mean(axis=1)
+    raise UnknownName(f"unknown aggregation {how!r}; choose one of: {', '.join(AGGREGATIONS)}")
+
+
+def image_scores(
+    logits: np.ndarray,
+    scorer: str,
+    *,
+    aggregation: str = "mean",
+    q: float = 10.0,
+    ids: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Per-image scores (N,) float64 from logits (N, K, H, W): softmax, pixel scorer, aggregation.
+
+    ``scorer`` is a key of :data:`PIXEL_SCORERS`; higher = more informative. Non-finite logits raise
+    :class:`NonFiniteError` naming the ids (when given).
+    """
+    pixel_scorer = get_pixel_scorer(scorer)
+    if aggregation not in AGGREGATIONS:
+        raise UnknownName(f"unknown aggregation {aggregation!r}; choose one of: {', '.join(AGGREGATIONS)}")
+    x = np.asarray(logits)
+    if x.ndim != 4:
+        raise InputError(f"logits must have shape (N, K, H, W), got shape {x.shape}")
+    check_finite(x, ids, "logits")
+    return aggregate(pixel_scorer(softmax(x, axis=1)), aggregation, q)
+
+
+# ---------------------------------------------------------------------------------------------
+# Contextual diversity (Agarwal et al. ECCV 2020), spec section 7.
+
+
+def contextual_diversity(logits: np.ndarray, ids: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image class-conditional mean softmax, weighted by entropy.
+
+    ``logits`` (N, K, H, W). Returns ``(P, present)``: ``P`` (N, K, K) float32 whose row c is
+    P_c = sum_{u: yhat(u)=c} h(u) p(u) / sum_{u: yhat(u)=c} h(u) (the plain mean of p over those pixels
+    when the entropy sum is 0), and ``present`` (N, K) bool, True where class c is predicted at least
+    once. Rows of absent classes are all zero. yhat = argmax (first maximum on ties).
+    """
+    x = np.asarray(logits)
+    if x.ndim != 4:
+        raise InputError(f"logits must have shape (N, K, H, W), got shape {x.shape}")
+    check_finite(x, ids, "logits")
+    n_images, n_classes = x.shape[:2]
+    probs = softmax(x, axis=1)
+    h = pixel_entropy(probs)  # (N, H, W)
+    yhat = probs.argmax(axis=1)  # (N, H, W)
+
+    # Pixels as rows (N*H*W, K); each pixel adds to the row (image, predicted class) by index_add.
+    p_rows = torch.from_numpy(np.ascontiguousarray(np.moveaxis(probs, 1, -1)).reshape(-1, n_classes)).double()
+    h_rows = torch.from_numpy(h.reshape(-1)).double()
+    target = torch.from_numpy(
+        (np.arange(n_images).reshape(-1, 1, 1) * n_classes + yhat).reshape(-1).astype(np.int64)
+    )
+    n_rows = n_images * n_classes
+    weighted = torch.zeros(n_rows, n_classes, dtype=torch.float64).index_add_(0, target, p_rows * h_rows[:, None])
+    plain = torch.zeros(n_rows, n_classes, dtype=torch.float64).index_add_(0, target, p_rows)
+    h_sum = torch.zeros(n_rows, dtype=torch.float64).index_add_(0, target, h_rows)
+    count = torch.bincount(target, minlength=n_rows).double()
+
+    use_entropy = h_sum > 0
+    out = torch.zeros(n_rows, n_classes, dtype=torch.float64)
+    out = torch.where(use_entropy[:, None], weighted / torch.where(use_entropy, h_sum, 1.0)[:, None], out)
+    present = count > 0
+    use_plain = present & ~use_entropy
+    out = torch.where(use_plain[:, None], plain / torch.where(present, count, 1.0)[:, None], out)
+    return (
+        out.reshape(n_images, n_classes, n_classes).numpy().astype(np.float32),
+        present.reshape(n_images, n_classes).numpy(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# BADGE (Ash et al. 2020) embeddings, spec section 8.
+
+
+def badge_window(n_classes: int, height: int, width: int, target: int = 400) -> int:
+    """Pooling window s for the ``logit`` BADGE embedding.
+
+    The s in [1, min(H, W)] for which K * floor(H/s) * floor(W/s) is closest to ``target``; ties go to
+    the larger s. Fixed once per pool.
+    """
+    if n_classes < 1 or height < 1 or width < 1:
+        raise InputError(f"need n_classes, height, width >= 1, got {n_classes}, {height}, {width}")
+    best_s, best_gap = 1, None
+    for s in range(1, min(height, width) + 1):
+        gap = abs(n_classes * (height // s) * (width // s) - target)
+        if best_gap is None or gap <= best_gap:
+            best_s, best_gap = s, gap
+    return best_s
+
+
+def _onehot_gradient(probs: np.ndarray) -> np.ndarray:
+    """g = p - onehot(argmax p) along axis 1, float32."""
+    g = probs.astype(np.float32, copy=True)
+    yhat = probs.argmax(axis=1)
+    np.put_along_axis(g, yhat[:, None], np.take_along_axis(g, yhat[:, None], axis=1) - 1.0, axis=1)
+    return g
+
+
+def badge_logit_embedding(logits: np.ndarray, window: int, ids: Sequence[str] | None = None) -> np.ndarray:
+    """BADGE ``logit`` embedding: g = p - onehot(yhat) average-pooled over non-overlapping s x s windows.
+
+    ``logits`` (N, K, H, W), ``window`` = s (see :func:`badge_window`). The last H mod s rows and W mod s
+    columns are dropped (as ``avg_pool2d`` does). Returns (N, K * (H//s) * (W//s)) float32, flattened in
+    (K, H//s, W//s) order.
+    """
+    x = np.asarray(logits)
+    if x.ndim != 4:
+        raise InputError(f"logits must have shape (N, K, H, W), got shape {x.shape}")
+    n_images, n_classes, height, width = x.shape
+    s = int(window)
+    if s < 1 or s > min(height, width):
+        raise InputError(f"BADGE window must be in [1, {min(height, width)}] for {height}x{width} logits, got {s}")
+    check_finite(x, ids, "logits")
+    g = _onehot_gradient(softmax(x, axis=1))
+    hs, ws = height // s, width // s
+    g = g[:, :, : hs * s, : ws * s].reshape(n_images, n_classes, hs, s, ws, s)
+    pooled = g.astype(np.float64).mean(axis=(3, 5))
+    return pooled.reshape(n_images, -1).astype(np.float32)
+
+
+def badge_last_layer_embedding(logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """BADGE ``last-layer`` embedding G = (1/|Omega|) sum_u g(u) h(u)^T, flattened row-major (K, D).
+
+    ``logits`` (N, K, H, W) and ``features`` (N, D, H, W) torch tensors at the same H, W (h = the
+    penultimate decode-head feature). Returns (N, K*D) float32 on the device of ``logits``. This is the
+    gradient of the pseudo-labelled cross-entropy w.r.t. the final 1x1 classifier weights.
+    """
+    if logits.ndim != 4 or features.ndim != 4:
+        raise InputError(f"need logits (N,K,H,W) and features (N,D,H,W), got {tuple(logits.shape)}, {tuple(features.shape)}")
+    if logits.shape[0] != features.shape[0] or logits.shape[2:] != features.shape[2:]:
+        raise InputError(
+            f"logits {tuple(logits.shape)} and features {tuple(features.shape)} differ in N, H or W; "
+            f"resize the logits to the feature resolution first"
+        )
+    n_images, n_classes, height, width = logits.shape
+    probs = torch.softmax(logits.float(), dim=1)
+    yhat = probs.argmax(dim=1)
+    g = probs - torch.nn.functional.one_hot(yhat, n_classes).permute(0, 3, 1, 2).to(probs.dtype)
+    feats = features.to(device=probs.device, dtype=torch.float32)
+    grad = torch.einsum("nkp,ndp->nkd", g.reshape(n_images, n_classes, -1), feats.reshape(n_images, feats.shape[1], -1))
+    return (grad / float(height * width)).reshape(n_images, -1)
