@@ -1,0 +1,201 @@
+"""Stage ``train``: fit an mmseg model on exactly the labeled ids, evaluate on the val split.
+
+Reads: an mmseg config, the labeled id list (becomes the train dataset's ``ann_file``), images and
+masks under ``data_root``, the val id list. Writes into ``work_dir``: ``checkpoint.pth`` (final weights,
+an mmengine checkpoint), ``metrics.json`` (format ``alseg.metrics``) and ``manifest.json``; mmengine adds
+its own timestamped log folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from alseg.errors import InputError, OutputExistsError
+from alseg.files.atomic import write_text_atomic
+from alseg.files.idlist import read_ids
+from alseg.files.manifest import to_jsonable, write_manifest
+
+METRICS_FORMAT = "alseg.metrics"
+METRICS_VERSION = 1
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` produced. IoU values are percentages (0-100), as mmseg reports them."""
+
+    work_dir: Path
+    checkpoint_path: Path
+    metrics_path: Path
+    n_labeled: int
+    iterations: int
+    seconds: float
+    final_miou: float
+    best_miou: float
+    per_class_iou: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+
+
+def _summarise(metrics: Mapping[str, Any], names: list[str], iteration: int) -> dict[str, Any]:
+    def num(v: Any) -> float | None:
+        v = float(v)
+        return None if math.isnan(v) else v
+
+    return {
+        "iteration": iteration,
+        "mIoU": num(metrics.get("mIoU", float("nan"))),
+        "aAcc": num(metrics.get("aAcc", float("nan"))),
+        "mAcc": num(metrics.get("mAcc", float("nan"))),
+        "per_class_iou": {n: num(metrics.get(f"IoU.{n}", float("nan"))) for n in names},
+    }
+
+
+def train(
+    config_path: str | os.PathLike,
+    *,
+    labeled_path: str | os.PathLike,
+    work_dir: str | os.PathLike,
+    data_root: str | os.PathLike | None = None,
+    val_ids_path: str | os.PathLike | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    max_iters: int | None = None,
+    batch_size: int | None = None,
+    overwrite: bool = False,
+    cfg_options: Mapping[str, Any] | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> TrainResult:
+    """Train the config's model on the ids in ``labeled_path``; see the module docstring for files.
+
+    ``val_ids_path`` defaults to the config's val ``ann_file`` (``splits/val.txt`` under ``data_root``).
+    ``max_iters``/``batch_size`` override the config; ``cfg_options`` are dotted-key overrides applied first.
+    """
+    start = time.perf_counter()
+    progress = progress or (lambda advance=1, total=None: None)
+    work_dir = Path(work_dir)
+    checkpoint_path = work_dir / "checkpoint.pth"
+    metrics_path = work_dir / "metrics.json"
+    if checkpoint_path.exists() and not overwrite:
+        raise OutputExistsError(f"{checkpoint_path}: output exists; pass --overwrite to replace it")
+    labeled = read_ids(labeled_path)
+    if not labeled:
+        raise InputError(f"{labeled_path}: the labeled id list is empty; label some images first (e.g. select --strategy random)")
+    if max_iters is not None and max_iters < 1:
+        raise InputError(f"max_iters must be >= 1 (got {max_iters})")
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"batch_size must be >= 1 (got {batch_size})")
+
+    from alseg import mm
+    from alseg.device import resolve_device
+
+    torch_device = resolve_device(device)
+    cfg = mm.load_config(
+        config_path, data_root=data_root, train_ids_path=labeled_path, val_ids_path=val_ids_path,
+        work_dir=work_dir, max_iters=max_iters, batch_size=batch_size, seed=seed, cfg_options=cfg_options,
+    )
+    cfg.randomness = dict(seed=int(seed), deterministic=False)
+    mm.data_layout(cfg, "train_dataloader").check(labeled, masks=True, what="labeled id")
+    val_ann = Path(cfg.val_dataloader.dataset.ann_file)
+    if not val_ann.is_absolute():
+        val_ann = Path(cfg.val_dataloader.dataset.get("data_root") or ".") / val_ann
+    val_ids = read_ids(val_ann)
+    if not val_ids:
+        raise InputError(f"{val_ann}: the val id list is empty")
+    mm.data_layout(cfg, "val_dataloader").check(val_ids, masks=True, what="val id")
+    names = mm.class_names(cfg)
+
+    metric_type = mm.register_iou_metric()
+    for key in ("val_evaluator",):
+        ev = cfg.get(key)
+        if ev and ev.get("type") == "IoUMetric":
+            ev["type"] = metric_type
+    # train and validate only: alseg's infer is the test stage
+    cfg.test_dataloader = None
+    cfg.test_evaluator = None
+    cfg.test_cfg = None
+    cfg.log_level = "WARNING"
+    if cfg.get("default_hooks"):
+        cfg.default_hooks.checkpoint = None
+        if cfg.default_hooks.get("logger"):
+            cfg.default_hooks.logger.interval = max(int(cfg.default_hooks.logger.get("interval", 50)), 1)
+    total = int(cfg.train_cfg.max_iters)
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    from mmengine.runner import Runner
+
+    progress_hook, metrics_hook = mm.make_train_hooks(progress, total)
+    # mmengine logs to stdout; alseg's stdout carries only the result, so its console goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        mm.mm_logs_to_stderr()
+        try:
+            runner = Runner.from_cfg(cfg)
+        except Exception as exc:
+            if isinstance(exc, InputError) or exc.__class__.__name__ == "CompiledOpsRequired":
+                raise
+            raise InputError(f"{config_path}: cannot build the runner ({type(exc).__name__}: {exc})") from None
+        mm.mm_logs_to_stderr()
+        runner.register_hook(progress_hook, priority="LOWEST")
+        runner.register_hook(metrics_hook, priority="LOWEST")
+        runner.model.to(torch_device)  # the runner picks cuda when present; --device wins
+        runner.train()
+        if not metrics_hook.history or metrics_hook.history[-1]["iteration"] != runner.iter:
+            runner.val()
+    history = [_summarise(h["metrics"], names, h["iteration"]) for h in metrics_hook.history]
+    final = history[-1]
+    best = max(history, key=lambda h: -1.0 if h["mIoU"] is None else h["mIoU"])
+
+    tmp_name = "checkpoint.pth.partial"
+    with contextlib.redirect_stdout(sys.stderr):
+        runner.save_checkpoint(
+            str(work_dir), tmp_name, save_optimizer=False, save_param_scheduler=False, by_epoch=False
+        )
+    os.replace(work_dir / tmp_name, checkpoint_path)
+
+    doc = {
+        "format": METRICS_FORMAT,
+        "format_version": METRICS_VERSION,
+        "units": "percent",
+        "final": final,
+        "best": best,
+        "history": history,
+        "class_names": names,
+        "n_labeled": len(labeled),
+        "iterations": int(runner.iter),
+    }
+    write_text_atomic(metrics_path, json.dumps(to_jsonable(doc), indent=2) + "\n")
+    seconds = time.perf_counter() - start
+    result = TrainResult(
+        work_dir=work_dir,
+        checkpoint_path=checkpoint_path,
+        metrics_path=metrics_path,
+        n_labeled=len(labeled),
+        iterations=int(runner.iter),
+        seconds=seconds,
+        final_miou=final["mIoU"] if final["mIoU"] is not None else float("nan"),
+        best_miou=best["mIoU"] if best["mIoU"] is not None else float("nan"),
+        per_class_iou=final["per_class_iou"],
+        device=str(torch_device),
+    )
+    write_manifest(
+        work_dir,
+        stage="train",
+        args=dict(
+            config_path=str(config_path), labeled_path=str(labeled_path), work_dir=str(work_dir),
+            data_root=None if data_root is None else str(data_root),
+            val_ids_path=None if val_ids_path is None else str(val_ids_path), device=str(torch_device),
+            seed=seed, max_iters=int(cfg.train_cfg.max_iters), batch_size=int(cfg.train_dataloader.batch_size),
+            cfg_options=dict(cfg_options or {}),
+        ),
+        inputs=[config_path, labeled_path, val_ann],
+        outputs=[checkpoint_path, metrics_path],
+        seconds=seconds,
+        result=result,
+    )
+    return result

@@ -1,0 +1,76 @@
+# The alseg custom-dataset layout (what `alseg demo-data` writes; point `data_root` at your own data):
+#   <data_root>/img_dir/<id><img_suffix>   images
+#   <data_root>/ann_dir/<id><seg_map_suffix>  label maps (class index per pixel, 255 = ignore)
+#   <data_root>/splits/{pool,val,calib,all}.txt  id lists, one id per line
+# `alseg train` replaces the train `ann_file` with the labeled id list and `data_root` with --data-root.
+dataset_type = 'BaseSegDataset'
+data_root = 'data/demo'
+class_names = ('background', 'road', 'building', 'tree', 'car', 'van', 'sign')
+palette = [[0, 0, 0], [128, 64, 128], [70, 70, 70], [107, 142, 35], [0, 0, 142], [0, 60, 100],
+           [220, 220, 0]]
+metainfo = dict(classes=class_names, palette=palette)
+num_classes = len(class_names)
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=False),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=False),
+    dict(type='PackSegInputs'),
+]
+_dataset = dict(
+    type=dataset_type,
+    data_root=data_root,
+    metainfo=metainfo,
+    img_suffix='.png',
+    seg_map_suffix='.png',
+    reduce_zero_label=False,
+    ignore_index=255,
+    data_prefix=dict(img_path='img_dir', seg_map_path='ann_dir'),
+)
+train_dataloader = dict(
+    batch_size=8,
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(**_dataset, ann_file='splits/pool.txt', pipeline=train_pipeline),
+)
+val_dataloader = dict(
+    batch_size=8,
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(**_dataset, ann_file='splits/val.txt', pipeline=test_pipeline),
+)
+test_dataloader = val_dataloader
+val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+test_evaluator = val_evaluator
+
+# schedule: iteration based
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=400, val_interval=200)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+
+# runtime
+default_scope = 'mmseg'
+env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+               dist_cfg=dict(backend='nccl'))
+vis_backends = [dict(type='LocalVisBackend')]
+visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
+log_processor = dict(by_epoch=False)
+log_level = 'WARNING'
+load_from = None
+resume = False
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=None,  # alseg saves <work_dir>/checkpoint.pth itself at the end
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    visualization=dict(type='SegVisualizationHook'),
+)
+randomness = dict(seed=0, deterministic=False)

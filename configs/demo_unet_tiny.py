@@ -1,0 +1,58 @@
+# A tiny UNet + FCN head for the 64x64 synthetic demo data (`alseg demo-data`); trains on CPU in about a
+# minute. Pure PyTorch: no compiled mmcv op, no pretrained download.
+_base_ = ['./_base_/alseg_demo_dataset.py']
+
+norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN is not usable on CPU
+data_preprocessor = dict(
+    type='SegDataPreProcessor',
+    mean=[123.675, 116.28, 103.53],
+    std=[58.395, 57.12, 57.375],
+    bgr_to_rgb=True,
+    pad_val=0,
+    seg_pad_val=255,
+    size_divisor=8,  # UNet with 4 stages downsamples 3 times
+)
+model = dict(
+    type='EncoderDecoder',
+    data_preprocessor=data_preprocessor,
+    pretrained=None,
+    backbone=dict(
+        type='UNet',
+        in_channels=3,
+        base_channels=8,
+        num_stages=4,
+        strides=(1, 1, 1, 1),
+        enc_num_convs=(2, 2, 2, 2),
+        dec_num_convs=(2, 2, 2),
+        downsamples=(True, True, True),
+        enc_dilations=(1, 1, 1, 1),
+        dec_dilations=(1, 1, 1),
+        with_cp=False,
+        conv_cfg=None,
+        norm_cfg=norm_cfg,
+        act_cfg=dict(type='ReLU'),
+        upsample_cfg=dict(type='InterpConv'),
+        norm_eval=False,
+        init_cfg=None,
+    ),
+    decode_head=dict(
+        type='FCNHead',
+        in_channels=8,
+        in_index=3,  # the last decoder output, full resolution
+        channels=32,
+        num_convs=1,
+        concat_input=False,
+        dropout_ratio=0.0,  # Dropout2d over a handful of channels would drop whole classes' evidence
+        num_classes={{_base_.num_classes}},
+        norm_cfg=norm_cfg,
+        align_corners=False,
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0, avg_non_ignore=True),
+    ),
+    train_cfg=dict(),
+    test_cfg=dict(mode='whole'),
+)
+
+train_dataloader = dict(batch_size=8)
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-2, weight_decay=1e-4))
+param_scheduler = [dict(type='PolyLR', eta_min=1e-5, power=0.9, begin=0, end=400, by_epoch=False)]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=400, val_interval=200)

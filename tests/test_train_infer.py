@@ -1,0 +1,246 @@
+"""Demo data, then train -> infer through the real CLI on CPU (tiny UNet, a few iterations)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from alseg.commands import app
+from alseg.demo_data import CLASS_NAMES, make_demo_data
+
+CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "demo_unet_tiny.py")
+runner = CliRunner()
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_demo_data_is_deterministic(tmp_path):
+    a = make_demo_data(tmp_path / "a", n_images=12, size=32, seed=3, n_val=2, n_calib=2)
+    b = make_demo_data(tmp_path / "b", n_images=12, size=32, seed=3, n_val=2, n_calib=2)
+    c = make_demo_data(tmp_path / "c", n_images=12, size=32, seed=4, n_val=2, n_calib=2)
+    assert _files(a.out_dir) == _files(b.out_dir)
+    assert _files(a.out_dir) != _files(c.out_dir)
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_demo_data_class_statistics(tmp_path):
+    from PIL import Image
+
+    d = make_demo_data(tmp_path / "demo")
+    assert d.class_names == list(CLASS_NAMES) and len(CLASS_NAMES) >= 6
+    counts = d.class_image_counts
+    assert all(counts[c] > 0 for c in CLASS_NAMES), counts  # every class appears
+    rare = d.rare_class
+    assert counts[rare] <= 0.1 * d.n_images  # present in few images ...
+    assert d.class_pixel_fraction[rare] == min(d.class_pixel_fraction.values())  # ... and small
+    assert all(counts[c] >= 0.3 * d.n_images for c in d.confusable_classes)
+    ids = (d.out_dir / "splits" / "all.txt").read_text().split()
+    assert len(ids) == 240 and ids[17] == "img_00017"
+    parts = [(d.out_dir / "splits" / f"{s}.txt").read_text().split() for s in ("pool", "val", "calib")]
+    assert sorted(sum(parts, [])) == sorted(ids) and [len(p) for p in parts] == [160, 40, 40]
+    mask = np.asarray(Image.open(d.out_dir / "ann_dir" / "img_00000.png"))
+    image = np.asarray(Image.open(d.out_dir / "img_dir" / "img_00000.png"))
+    assert mask.shape == (64, 64) and image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert (mask[0] == 255).all() and set(np.unique(mask)) <= set(range(len(CLASS_NAMES))) | {255}
+    meta = json.loads((d.out_dir / "classes.json").read_text())
+    assert meta["classes"] == list(CLASS_NAMES) and len(meta["palette"]) == len(CLASS_NAMES)
+
+
+def test_demo_data_cli_refuses_existing(tmp_path):
+    args = ["demo-data", "--out", str(tmp_path / "d"), "--n-images", "8", "--size", "32", "--n-val", "2", "--n-calib", "2"]
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1 and again.stderr.startswith("error: ") and "--overwrite" in again.stderr
+
+
+def test_config_classes_match_demo_data():
+    from alseg.mm import class_names, load_config
+
+    assert class_names(load_config(CONFIG)) == list(CLASS_NAMES)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("round")
+    demo = make_demo_data(root / "demo", n_images=40, size=32, seed=0, n_val=6, n_calib=6)
+    labeled = root / "labeled.txt"
+    labeled.write_text("".join(f"{i}\n" for i in (demo.out_dir / "splits" / "pool.txt").read_text().split()[:12]))
+    work_dir = root / "r0"
+    result = runner.invoke(app, [
+        "train", CONFIG, "--labeled", str(labeled), "--work-dir", str(work_dir), "--data-root", str(demo.out_dir),
+        "--device", "cpu", "--max-iters", "6", "--batch-size", "4", "--quiet", "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    ids_path = demo.out_dir / "splits" / "all.txt"
+    pool = root / "pool.h5"
+    result_infer = runner.invoke(app, [
+        "infer", CONFIG, "--checkpoint", str(work_dir / "checkpoint.pth"), "--ids", str(ids_path),
+        "--out", str(pool), "--data-root", str(demo.out_dir), "--with-labels",
+        "--embeddings", "bottleneck,penultimate,badge", "--batch-size", "8", "--device", "cpu", "--quiet", "--json",
+    ])
+    assert result_infer.exit_code == 0, result_infer.output
+    return dict(root=root, demo=demo, labeled=labeled, work_dir=work_dir, train=json.loads(result.stdout),
+                ids_path=ids_path, pool=pool, infer=json.loads(result_infer.stdout))
+
+
+def test_train_writes_checkpoint_and_metrics(trained):
+    work_dir = trained["work_dir"]
+    assert (work_dir / "checkpoint.pth").is_file()
+    metrics = json.loads((work_dir / "metrics.json").read_text())
+    assert metrics["format"] == "alseg.metrics" and metrics["format_version"] == 1
+    assert metrics["n_labeled"] == 12 and metrics["iterations"] == 6
+    assert 0.0 <= metrics["final"]["mIoU"] <= 100.0
+    assert set(metrics["final"]["per_class_iou"]) == set(CLASS_NAMES)
+    assert trained["train"]["final_miou"] == metrics["final"]["mIoU"]
+    manifest = json.loads((work_dir / "manifest.json").read_text())
+    assert manifest["stage"] == "train" and manifest["result"]["n_labeled"] == 12
+
+
+def test_train_refuses_existing_and_empty_and_missing(trained, tmp_path):
+    base = ["train", CONFIG, "--data-root", str(trained["demo"].out_dir), "--device", "cpu", "--max-iters", "1", "--quiet"]
+    again = runner.invoke(app, base + ["--labeled", str(trained["labeled"]), "--work-dir", str(trained["work_dir"])])
+    assert again.exit_code == 1 and "--overwrite" in again.stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    r = runner.invoke(app, base + ["--labeled", str(empty), "--work-dir", str(tmp_path / "w")])
+    assert r.exit_code == 1 and "empty" in r.stderr
+    missing = tmp_path / "missing.txt"
+    missing.write_text("img_00001\nimg_99999\n")
+    r = runner.invoke(app, base + ["--labeled", str(missing), "--work-dir", str(tmp_path / "w")])
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: ")
+    assert "img_99999" in r.stderr
+
+
+def _model_and_batch(trained, image_id):
+    from alseg import mm
+
+    cfg = mm.load_config(CONFIG, data_root=trained["demo"].out_dir)
+    model = mm.build_model(cfg, trained["work_dir"] / "checkpoint.pth", torch.device("cpu"))
+    batch = next(iter(mm.make_dataloader(cfg, [image_id], with_labels=False, batch_size=1)))
+    return model, batch
+
+
+def test_infer_pool_file(trained):
+    from PIL import Image
+
+    ids = trained["ids_path"].read_text().split()
+    with h5py.File(trained["pool"], "r") as fh:
+        assert [i.decode() for i in fh["ids"][:]] == ids
+        logits = fh["logits"][:]
+        labels = fh["labels"][:]
+        emb = {k: fh["embeddings"][k][:] for k in fh["embeddings"]}
+        emb_attrs = {k: dict(fh["embeddings"][k].attrs) for k in fh["embeddings"]}
+        assert json.loads(fh.attrs["class_names"]) == list(CLASS_NAMES)
+        assert fh.attrs["resolution"] == "native" and len(fh.attrs["checkpoint_sha256"]) == 64
+    model, batch = _model_and_batch(trained, ids[0])
+    with torch.inference_mode():
+        data = model.data_preprocessor(batch, False)
+        head = model.decode_head(model.extract_feat(data["inputs"]))
+    k = len(CLASS_NAMES)
+    assert logits.shape == (len(ids), k, *head.shape[-2:]) and logits.dtype == np.float16
+    np.testing.assert_allclose(logits[0].astype(np.float32), head[0].numpy(), atol=1e-2, rtol=1e-2)
+    # labels: the mask, nearest-resized to the logits' resolution, ignore index kept
+    mask = torch.from_numpy(np.asarray(Image.open(trained["demo"].out_dir / "ann_dir" / f"{ids[3]}.png"))).float()
+    want = torch.nn.functional.interpolate(mask[None, None], size=logits.shape[-2:], mode="nearest")[0, 0]
+    np.testing.assert_array_equal(labels[3], want.numpy().astype(labels.dtype))
+    assert (labels == 255).any()
+    d = model.decode_head.conv_seg.in_channels
+    assert emb["penultimate"].shape == (len(ids), d)
+    assert emb["badge"].shape == (len(ids), k * d)
+    assert emb["bottleneck"].shape == (len(ids), 8 * 8)  # UNet base 8, 4 stages: 64 channels at the bottom
+    assert emb_attrs["badge"]["layer"].startswith("decode_head.conv_seg")
+    assert emb_attrs["bottleneck"]["layer"] == "backbone[0]"
+    assert trained["infer"]["logits_shape"] == list(logits.shape)
+
+
+def test_badge_embedding_equals_direct_recomputation(trained):
+    ids = trained["ids_path"].read_text().split()
+    image_id = ids[5]
+    model, batch = _model_and_batch(trained, image_id)
+    seen = {}
+    handle = model.decode_head.conv_seg.register_forward_hook(
+        lambda m, i, o: seen.update(feature=i[0].clone(), logits=o.clone())
+    )
+    with torch.inference_mode():
+        data = model.data_preprocessor(batch, False)
+        model.decode_head(model.extract_feat(data["inputs"]))
+    handle.remove()
+    h = seen["feature"][0].double().numpy()  # (D, H, W)
+    z = seen["logits"][0].double().numpy()  # (K, H, W)
+    p = np.exp(z - z.max(0)) / np.exp(z - z.max(0)).sum(0)
+    g = p - np.eye(p.shape[0])[p.argmax(0)].transpose(2, 0, 1)
+    want = np.einsum("kyx,dyx->kd", g, h) / (h.shape[1] * h.shape[2])
+    with h5py.File(trained["pool"], "r") as fh:
+        row = [i.decode() for i in fh["ids"][:]].index(image_id)
+        got = fh["embeddings"]["badge"][row]
+        pen = fh["embeddings"]["penultimate"][row]
+    np.testing.assert_allclose(got, want.reshape(-1), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(pen, h.mean(axis=(1, 2)), rtol=1e-4, atol=1e-6)
+
+
+def test_infer_resume_after_interruption(trained, tmp_path):
+    from alseg.stages.infer import infer
+
+    out = tmp_path / "pool.h5"
+    common = dict(checkpoint_path=trained["work_dir"] / "checkpoint.pth", ids_path=trained["ids_path"],
+                  out_path=out, data_root=trained["demo"].out_dir, device="cpu", batch_size=8,
+                  with_labels=True, embeddings=("bottleneck", "penultimate", "badge"))
+    calls = []
+
+    def stop_after_two_batches(advance=1, total=None):
+        calls.append(advance)
+        if len([c for c in calls if c]) > 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        infer(CONFIG, progress=stop_after_two_batches, **common)
+    partial = out.with_name(out.name + ".partial")
+    assert partial.exists() and not out.exists()
+    with h5py.File(partial, "r") as fh:
+        assert 0 < fh["ids"].shape[0] < 40
+    r = runner.invoke(app, [
+        "infer", CONFIG, "--checkpoint", str(common["checkpoint_path"]), "--ids", str(trained["ids_path"]),
+        "--out", str(out), "--data-root", str(trained["demo"].out_dir), "--with-labels",
+        "--embeddings", "bottleneck,penultimate,badge", "--device", "cpu", "--resume", "--quiet", "--json",
+    ])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n_resumed"] > 0
+    with h5py.File(out, "r") as a, h5py.File(trained["pool"], "r") as b:
+        ids_a = [i.decode() for i in a["ids"][:]]
+        ids_b = [i.decode() for i in b["ids"][:]]
+        assert sorted(ids_a) == sorted(ids_b)
+        order = [ids_a.index(i) for i in ids_b]
+        np.testing.assert_array_equal(a["logits"][:][order], b["logits"][:])
+        np.testing.assert_array_equal(a["labels"][:][order], b["labels"][:])
+        np.testing.assert_allclose(a["embeddings/badge"][:][order], b["embeddings/badge"][:], rtol=1e-5, atol=1e-7)
+    assert not partial.exists()
+
+
+def test_infer_missing_image_is_one_error_line(trained, tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("img_00000\nimg_99999\n")
+    r = runner.invoke(app, [
+        "infer", CONFIG, "--checkpoint", str(trained["work_dir"] / "checkpoint.pth"), "--ids", str(ids),
+        "--out", str(tmp_path / "p.h5"), "--data-root", str(trained["demo"].out_dir), "--device", "cpu", "--quiet",
+    ])
+    assert r.exit_code == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "img_99999" in lines[0]
+    assert not (tmp_path / "p.h5").exists()
+
+
+def test_infer_refuses_existing_output(trained):
+    r = runner.invoke(app, [
+        "infer", CONFIG, "--checkpoint", str(trained["work_dir"] / "checkpoint.pth"),
+        "--ids", str(trained["ids_path"]), "--out", str(trained["pool"]), "--data-root", str(trained["demo"].out_dir),
+    ])
+    assert r.exit_code == 1 and "--overwrite" in r.stderr
