@@ -141,7 +141,20 @@ def quiet_mm_warnings() -> None:
         warnings.filterwarnings("ignore", message=pattern)
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=_MM_MODULES)
     warnings.filterwarnings("ignore", category=FutureWarning, module=_MM_MODULES)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"mmengine(\..*)?")
+    # mm*'s own notices (deprecations, "draw is False", reduce_zero_label, build_loss) are UserWarnings
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(mmcv|mmengine|mmseg)(\..*)?")
+
+
+class MMNoticeFilter:
+    """A logging filter for mmengine's loggers: drops its deprecation/alias notices (WARNING level only)."""
+
+    NOTICES = ("will be deprecated", "is the alias of", "is deprecated")
+
+    def filter(self, record) -> bool:
+        if record.levelno > 30:  # ERROR and above always pass
+            return True
+        message = record.getMessage()
+        return not any(notice in message for notice in self.NOTICES)
 
 
 def ensure() -> str:

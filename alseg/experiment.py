@@ -83,6 +83,11 @@ def load_experiment(path: str | Path) -> Experiment:
     known = {"name", "config", "data_root", "pool_ids", "val_ids", "calib_ids", "initial", "budget", "rounds",
              "sizes", "seeds", "strategies", "params", "device", "max_iters", "batch_size", "infer_batch_size",
              "full_supervision"}
+    required = ["config", "data_root", "pool_ids", "strategies"]
+    required += [] if "sizes" in doc else ["initial", "budget", "rounds"]
+    missing = [key for key in required if key not in doc]
+    if missing:
+        raise InputError(f"{path}: missing key(s) {', '.join(missing)} (see docs/experiment.md)")
     unknown = sorted(set(doc) - known)
     if unknown:
         raise InputError(f"{path}: unknown key(s) {', '.join(unknown)} (see docs/experiment.md)")

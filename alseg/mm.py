@@ -427,7 +427,11 @@ def mm_logs_to_stderr() -> None:
 
     from mmengine.logging import MMLogger
 
+    from alseg.compat import MMNoticeFilter
+
     for logger in list(MMLogger._instance_dict.values()):
+        if not any(isinstance(f, MMNoticeFilter) for f in logger.filters):
+            logger.addFilter(MMNoticeFilter())
         for handler in logger.handlers:
             if type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.__stdout__):
                 handler.setStream(sys.stderr)

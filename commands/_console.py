@@ -23,7 +23,11 @@ def print_json(obj: Any) -> None:
 
 @contextlib.contextmanager
 def progress_bar(description: str, *, quiet: bool = False) -> Iterator[Callable[[int, int | None], None]]:
-    """Yield a ``progress(advance, total=None)`` hook for library loops; a rich bar on stderr."""
+    """Yield a ``progress(advance, total=None)`` hook for library loops: a rich bar on stderr.
+
+    The bar appears on the first call of the hook, so a command that fails before any work prints only
+    its error line.
+    """
     if quiet:
         yield lambda advance=1, total=None: None
         return
@@ -31,13 +35,21 @@ def progress_bar(description: str, *, quiet: bool = False) -> Iterator[Callable[
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err, transient=False, disable=quiet) as bar:
-        task = bar.add_task(description, total=None)
+    state: dict[str, Any] = {}
 
-        def hook(advance: int = 1, total: int | None = None) -> None:
-            if total is not None:
-                bar.update(task, total=total)
-            if advance:
-                bar.advance(task, advance)
+    def hook(advance: int = 1, total: int | None = None) -> None:
+        if "bar" not in state:
+            state["bar"] = Progress(*columns, console=err, transient=False)
+            state["bar"].start()
+            state["task"] = state["bar"].add_task(description, total=None)
+        bar, task = state["bar"], state["task"]
+        if total is not None:
+            bar.update(task, total=total)
+        if advance:
+            bar.advance(task, advance)
 
+    try:
         yield hook
+    finally:
+        if "bar" in state:
+            state["bar"].stop()

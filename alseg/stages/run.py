@@ -70,6 +70,8 @@ class _Runner:
         seed, strategy, rnd = where
         record = _record_path(output)
         key = {"stage": stage, "args": to_jsonable(args), "inputs": _digests(inputs)}
+        # paths inside the tree are recorded relative to it, so a copied or moved tree still resumes
+        key = json.loads(json.dumps(key).replace(str(self.exp_dir.resolve()), "$EXP"))
         if record.is_file() and output.exists():
             try:
                 if json.loads(record.read_text(encoding="utf-8")).get("key") == key:
@@ -209,7 +211,7 @@ def run(
     exp = load_experiment(experiment_path)
     if seeds:
         exp.seeds = list(seeds)
-    exp_dir = Path(exp_dir) if exp_dir is not None else exp.path.parent / exp.name
+    exp_dir = (Path(exp_dir) if exp_dir is not None else exp.path.parent / exp.name).resolve()
     exp_dir.mkdir(parents=True, exist_ok=True)
     resolved = exp_dir / "experiment.toml"
     text = exp.to_toml()
