@@ -37,12 +37,7 @@ def _register() -> None:
         ("report", "report"),
         ("device", "device"),
     ]:
-        try:
-            module = importlib.import_module(f"alseg.commands.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"alseg.commands.{module_name}":
-                continue  # stage not built yet
-            raise
+        module = importlib.import_module(f"alseg.commands.{module_name}")
         if hasattr(module, "app"):
             app.add_typer(module.app, name=name)
         else:

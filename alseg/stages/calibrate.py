@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from alseg.stages import no_progress as _noop
 from alseg.errors import InputError
 from alseg.files.atomic import check_writable
 from alseg.files.calibration import write_calibration
@@ -20,9 +21,6 @@ from alseg.files.hdf5 import PoolReader, sha256_file
 from alseg.files.idlist import read_ids
 from alseg.files.manifest import manifest_path, read_manifest, write_manifest
 
-
-def _noop(advance: int = 1, total: int | None = None) -> None:
-    return None
 
 
 @dataclass

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from alseg.stages import no_progress as _noop
 from alseg import stats
 from alseg.errors import InputError, OutputExistsError
 from alseg.files.atomic import atomic_path, write_text_atomic
@@ -47,9 +48,6 @@ SECTIONS = (
     ("crc", "CRC-AL calibration"),
 )
 
-
-def _noop(advance: int = 1, total: int | None = None) -> None:
-    return None
 
 
 # --------------------------------------------------------------------------------------------- collect

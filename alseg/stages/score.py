@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from alseg.stages import no_progress as _noop
 from alseg.errors import InputError, UnknownName
 from alseg.files.atomic import check_writable
 from alseg.files.hdf5 import PoolReader, sha256_file, write_scores
@@ -21,9 +22,6 @@ from alseg.registry import SCALAR_SCORES, SCORED, get_strategy
 
 Progress = Callable[..., None]
 
-
-def _noop(advance: int = 1, total: int | None = None) -> None:
-    return None
 
 
 @dataclass

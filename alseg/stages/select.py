@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from alseg.stages import no_progress as _noop
 from alseg.errors import EmptyPoolError, InputError, UnknownName
 from alseg.files.atomic import check_writable
 from alseg.files.hdf5 import PoolReader, ScoresReader
@@ -25,9 +26,6 @@ BADGE_EMBEDDINGS = ("logit", "last-layer")
 POOL_EMBEDDINGS = ("bottleneck", "penultimate")
 CRC_SELECTORS = ("top-diverse-k", "kcenter")
 
-
-def _noop(advance: int = 1, total: int | None = None) -> None:
-    return None
 
 
 @dataclass
