@@ -46,7 +46,7 @@ _COLOURS = {
     2: ((150, 122, 100), 9.0),
     3: ((40, 125, 40), 18.0),
     4: ((178, 58, 52), 12.0),
-    5: ((178, 60, 96), 12.0),  # van: car's colour with a bluer tint (3.5 sigma) and a window row: learnable, not easy
+    5: ((170, 60, 130), 12.0),  # van: car's shape and red, a blue tint and window rows tell them apart
     6: ((235, 220, 40), 8.0),
 }
 

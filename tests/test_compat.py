@@ -76,3 +76,37 @@ def test_trusted_loader_reads_mmengine_checkpoint_plain_torch_rejects(tmp_path):
         load_untrusted_checkpoint(path)
     with pytest.raises(InputError, match="not found"):
         load_trusted_checkpoint(tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize(
+    "name, bottleneck_dim",
+    [("demo_unet_tiny.py", 64), ("deeplabv3_r18_d8.py", 512), ("segformer_mit_b0.py", 256)],
+)
+def test_embedding_hooks_on_every_head(mmseg_models, name, bottleneck_dim):
+    """bottleneck = pooled last backbone stage; penultimate = pooled input of conv_seg; badge from both."""
+    from alseg.mm import FeatureTaps, load_config
+    from alseg.strategies import badge_last_layer_embedding
+
+    cfg = load_config(CONFIGS / name)
+    model = mmseg_models.build(cfg.model).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode(), FeatureTaps(model) as taps:
+        logits = model.decode_head(model.extract_feat(x))
+        names = ["bottleneck", "penultimate", "badge"]
+        emb = taps.embeddings(names)
+        dims = taps.dims(names)
+        feature = taps.captured["feature"]
+        # the hooked feature really is the classifier's input: re-applying conv_seg gives the head's logits
+        torch.testing.assert_close(model.decode_head.conv_seg(feature), logits)
+        backbone_out = model.extract_feat(x)
+        if isinstance(backbone_out, (list, tuple)):
+            deepest = min(backbone_out, key=lambda o: o.shape[-1] * o.shape[-2])
+        else:
+            deepest = backbone_out
+    k = logits.shape[1]
+    assert dims == {"bottleneck": bottleneck_dim, "penultimate": feature.shape[1], "badge": k * feature.shape[1]}
+    assert emb["bottleneck"].shape == (2, bottleneck_dim)
+    torch.testing.assert_close(emb["penultimate"], feature.mean(dim=(2, 3)))
+    torch.testing.assert_close(emb["badge"], badge_last_layer_embedding(logits, feature))
+    if deepest.shape[1] == bottleneck_dim:
+        torch.testing.assert_close(emb["bottleneck"], deepest.float().mean(dim=(2, 3)))

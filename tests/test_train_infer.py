@@ -244,3 +244,37 @@ def test_infer_refuses_existing_output(trained):
         "--ids", str(trained["ids_path"]), "--out", str(trained["pool"]), "--data-root", str(trained["demo"].out_dir),
     ])
     assert r.exit_code == 1 and "--overwrite" in r.stderr
+
+
+def test_cli_round_train_infer_score_select(trained, tmp_path):
+    """A whole round through the real entry point, continuing from the fixture's train + infer."""
+    from alseg.files.hdf5 import ScoresReader
+    from alseg.files.idlist import read_ids
+
+    root, pool, labeled = trained["root"], trained["pool"], trained["labeled"]
+    scores = tmp_path / "scores.h5"
+    r = runner.invoke(app, ["score", str(pool), "--strategy", "margin", "--strategy", "contextual-diversity",
+                            "--strategy", "badge", "--out", str(scores), "--quiet"])
+    assert r.exit_code == 0, r.output
+    lab = read_ids(labeled)
+    for strategy, extra in [("margin", ["--scores", str(scores)]), ("coreset", []),
+                            ("badge", ["--badge-embedding", "last-layer"]),
+                            ("contextual-diversity", ["--scores", str(scores)])]:
+        out = tmp_path / f"{strategy}.txt"
+        r = runner.invoke(app, ["select", "--strategy", strategy, "--budget", "5", "--labeled", str(labeled),
+                                "--pool", str(pool), *extra, "--out", str(out), "--device", "cpu", "--quiet"])
+        assert r.exit_code == 0, r.output
+        sel = read_ids(out)
+        assert len(set(sel)) == 5 and not set(sel) & set(lab)
+    with ScoresReader(scores) as s:
+        unl = [i for i in s.ids if i not in set(lab)]
+        m = s.score("margin", unl)
+    assert read_ids(tmp_path / "margin.txt") == [unl[j] for j in sorted(range(len(unl)), key=lambda j: (-m[j], unl[j]))[:5]]
+    # the next round trains on labeled + selected
+    nxt = tmp_path / "labeled2.txt"
+    nxt.write_text("".join(f"{i}\n" for i in lab + read_ids(tmp_path / "margin.txt")))
+    r = runner.invoke(app, ["train", CONFIG, "--labeled", str(nxt), "--work-dir", str(tmp_path / "r1"), "--data-root",
+                            str(trained["demo"].out_dir), "--device", "cpu", "--max-iters", "4", "--batch-size", "4",
+                            "--quiet", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n_labeled"] == len(lab) + 5
