@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from alseg.errors import InputError
 from alseg.files.atomic import write_text_atomic
+from alseg.files.jsonfile import read_versioned_json
 from alseg.files.manifest import to_jsonable
 
 CALIBRATION_FORMAT = "alseg.calibration"
@@ -29,17 +30,8 @@ def write_calibration(path: str | os.PathLike, doc: Mapping[str, Any]) -> Path:
 
 def read_calibration(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: calibration file not found; run `alseg calibrate` first") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a valid JSON calibration file ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("format") != CALIBRATION_FORMAT:
-        raise InputError(f"{path}: not an {CALIBRATION_FORMAT} file")
-    version = int(doc.get("format_version", -1))
-    if version > CALIBRATION_VERSION:
-        raise InputError(f"{path}: written by a newer alseg (format_version {version} > {CALIBRATION_VERSION}); upgrade")
+    doc = read_versioned_json(path, CALIBRATION_FORMAT, CALIBRATION_VERSION,
+                              missing="calibration file not found; run `alseg calibrate` first")
     missing = [key for key in REQUIRED if key not in doc]
     if missing:
         raise InputError(f"{path}: missing key(s) {', '.join(missing)}")

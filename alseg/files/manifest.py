@@ -16,7 +16,6 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from alseg import __version__
-from alseg.errors import InputError
 from alseg.files.atomic import write_text_atomic
 
 MANIFEST_FORMAT = "alseg.manifest"
@@ -83,15 +82,6 @@ def write_manifest(
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: manifest not found") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if doc.get("format") != MANIFEST_FORMAT:
-        raise InputError(f"{path}: not an alseg manifest")
-    if int(doc.get("format_version", -1)) > MANIFEST_VERSION:
-        raise InputError(f"{path}: written by a newer alseg; upgrade alseg")
-    return doc
+    from alseg.files.jsonfile import read_versioned_json
+
+    return read_versioned_json(path, MANIFEST_FORMAT, MANIFEST_VERSION, missing="manifest not found")

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from alseg.files.jsonfile import read_versioned_json
 from alseg.stages import no_progress as _noop
 from alseg import stats
 from alseg.errors import InputError, OutputExistsError
@@ -107,11 +108,7 @@ def _read_json(path: Path) -> Any:
 
 def read_metrics(path: Path) -> tuple[float, int | None]:
     """``(final mIoU in percent, n_labeled or None)`` from a ``train/metrics.json``."""
-    doc = _read_json(path)
-    if not isinstance(doc, dict) or doc.get("format") != METRICS_FORMAT:
-        raise InputError(f"{path}: not an {METRICS_FORMAT} file")
-    if int(doc.get("format_version", -1)) > 1:
-        raise InputError(f"{path}: written by a newer alseg (format_version {doc['format_version']} > 1); upgrade")
+    doc = read_versioned_json(path, METRICS_FORMAT, 1)
     try:
         miou = float(doc["final"]["mIoU"])
     except (KeyError, TypeError, ValueError):
