@@ -15,7 +15,6 @@ Feature taps (forward hooks, recorded in the pool file's embedding attrs):
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
@@ -34,18 +33,72 @@ METRICS_NAME = "metrics.json"
 
 
 def parse_cfg_options(items: Iterable[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=[1,2]", "d=x"]`` -> ``{"a.b": 1, "c": [1, 2], "d": "x"}`` (Python literals, else text)."""
+    """mmseg's ``--cfg-options`` syntax, parsed by mmengine's own ``DictAction``: ``["a.b=1", "c=[1,2]",
+    "d=(3,4)", "e=x"]`` -> ``{"a.b": 1, "c": [1, 2], "d": (3, 4), "e": "x"}``."""
+    from mmengine.config import DictAction
+
     options: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise InputError(f"--cfg-options entry {item!r} is not KEY=VALUE")
         try:
-            value: Any = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = {"true": True, "false": False, "none": None, "null": None}.get(text.lower(), text)
-        options[key.strip()] = value
+            options[key.strip()] = DictAction._parse_iterable(text)
+        except Exception as exc:  # unbalanced brackets and the like
+            raise InputError(f"--cfg-options entry {item!r}: cannot parse the value ({exc})") from None
     return options
+
+
+def configs_root() -> Path:
+    """The folder of the configs shipped with alseg (package data ``alseg.configs``)."""
+    from importlib.resources import files
+
+    return Path(str(files("alseg.configs")))
+
+
+def shipped_configs() -> list[tuple[str, Path, str]]:
+    """``(name, path, first comment line)`` of every shipped config, ``_base_`` excluded, sorted by name."""
+    root = configs_root()
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if rel.name == "__init__.py" or "_base_" in rel.parts or "__pycache__" in rel.parts:
+            continue
+        first = ""
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("#"):
+                first = line.lstrip("# ").strip()
+                break
+        out.append((rel.with_suffix("").as_posix(), path, first))
+    return out
+
+
+def find_config(name: str | os.PathLike) -> Path:
+    """A config path: ``name`` itself when it is a file; ``mmseg::unet/unet-s5-d16_fcn_4xb4-40k_drive-64x64``
+    for a config shipped with mmsegmentation; else the config of that name shipped with alseg
+    (``demo_unet_tiny``, ``cityscapes/deeplabv3_r18_d8``, with or without ``.py``)."""
+    text = str(name)
+    if text.startswith("mmseg::"):  # a config that ships with mmsegmentation, as mmengine's _base_ names them
+        from mmengine.utils import get_installed_path
+
+        path = Path(get_installed_path("mmsegmentation")) / ".mim" / "configs" / text[len("mmseg::"):]
+        if not path.suffix:
+            path = path.with_suffix(".py")
+        if not path.is_file():
+            raise InputError(f"{name}: not a config of the installed mmsegmentation ({path} does not exist)")
+        return path
+    path = Path(name)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a config file")
+    root = configs_root()
+    text = str(name).removesuffix(".py")
+    candidates = [root / f"{text}.py"] + [p for n, p, _ in shipped_configs() if Path(n).name == text]
+    for candidate in candidates:
+        if candidate.is_file() and "_base_" not in candidate.relative_to(root).parts:
+            return candidate
+    raise InputError(f"{name}: no such config file, and no shipped config of that name (`alseg configs` lists them)")
 
 
 def _init_mm() -> None:
@@ -61,8 +114,6 @@ def load_config(
     config_path: str | os.PathLike,
     *,
     data_root: str | os.PathLike | None = None,
-    train_ids_path: str | os.PathLike | None = None,
-    val_ids_path: str | os.PathLike | None = None,
     work_dir: str | os.PathLike | None = None,
     max_iters: int | None = None,
     val_interval: int | None = None,
@@ -70,34 +121,33 @@ def load_config(
     seed: int | None = None,
     cfg_options: Mapping[str, Any] | None = None,
 ):
-    """Read an mmseg config and apply alseg's overrides; returns an ``mmengine.Config``.
+    """Read an mmseg config (a path, or the name of a shipped config) and apply alseg's overrides;
+    returns an ``mmengine.Config``.
 
     ``cfg_options`` (dotted keys, as mmseg's ``--cfg-options``) are applied first, then the explicit
-    arguments, which win. Id-list paths become the datasets' ``ann_file`` (absolute paths).
+    arguments, which win. ``data_root`` reaches every leaf dataset, wrappers included. Which ids a stage
+    uses is decided by :mod:`alseg.dataset`, not here.
     """
     _init_mm()
     from mmengine.config import Config
 
-    config_path = Path(config_path)
-    if not config_path.is_file():
-        raise InputError(f"{config_path}: config not found")
+    from alseg.dataset import set_data_root
+
+    config_path = find_config(config_path)
     try:
         cfg = Config.fromfile(str(config_path))
     except Exception as exc:  # mmengine raises many types for a broken config
         raise InputError(f"{config_path}: cannot read config ({type(exc).__name__}: {exc})") from None
     if cfg_options:
-        cfg.merge_from_dict(dict(cfg_options))
+        try:
+            cfg.merge_from_dict(dict(cfg_options))
+        except Exception as exc:
+            raise InputError(f"--cfg-options: cannot apply to {config_path} ({type(exc).__name__}: {exc})") from None
     loaders = [k for k in ("train_dataloader", "val_dataloader", "test_dataloader") if cfg.get(k)]
     if data_root is not None:
         cfg.data_root = str(data_root)
         for key in loaders:
-            cfg[key].dataset.data_root = str(data_root)
-    if train_ids_path is not None:
-        cfg.train_dataloader.dataset.ann_file = str(Path(train_ids_path).resolve())
-    if val_ids_path is not None:
-        for key in ("val_dataloader", "test_dataloader"):
-            if cfg.get(key):
-                cfg[key].dataset.ann_file = str(Path(val_ids_path).resolve())
+            set_data_root(cfg[key].dataset, str(data_root))
     if batch_size is not None:
         cfg.train_dataloader.batch_size = int(batch_size)
     if max_iters is not None:
@@ -105,7 +155,8 @@ def load_config(
         cfg.train_cfg.max_iters = int(max_iters)
         # schedulers written for the config's own length follow the new length
         for sched in cfg.get("param_scheduler") or []:
-            if old is not None and sched.get("end") == old:
+            end = sched.get("end")
+            if end is not None and (end == old or end > max_iters):
                 sched["end"] = int(max_iters)
     if val_interval is not None:
         cfg.train_cfg.val_interval = int(val_interval)
@@ -118,112 +169,47 @@ def load_config(
     return cfg
 
 
-def class_names(cfg) -> list[str]:
-    """Class names from the config's dataset metainfo (``num_classes`` of the head must match)."""
+def _dataset_leaf(cfg) -> Any:
+    from alseg.dataset import leaf_configs
+
     for key in ("test_dataloader", "val_dataloader", "train_dataloader"):
         loader = cfg.get(key)
-        meta = (loader or {}).get("dataset", {}).get("metainfo") if loader else None
-        if meta and meta.get("classes"):
-            return [str(c) for c in meta["classes"]]
+        if loader and loader.get("dataset"):
+            return leaf_configs(loader["dataset"])[0]
+    return None
+
+
+def class_names(cfg) -> list[str]:
+    """Class names of the config's dataset: its ``metainfo`` override, else the dataset class's own
+    ``METAINFO`` (e.g. CityscapesDataset's 19 classes), else ``class_<i>`` from the head's ``num_classes``."""
+    _init_mm()
+    leaf = _dataset_leaf(cfg)
+    meta = (leaf or {}).get("metainfo") or {}
+    if meta.get("classes"):
+        return [str(c) for c in meta["classes"]]
+    if leaf is not None:
+        from mmseg.registry import DATASETS
+
+        kind = leaf.get("type")
+        cls = DATASETS.get(kind) if isinstance(kind, str) else kind
+        classes = (getattr(cls, "METAINFO", None) or {}).get("classes")
+        if classes:
+            return [str(c) for c in classes]
     n = int(cfg.model.decode_head.num_classes)
     return [f"class_{i}" for i in range(n)]
 
 
 def ignore_index(cfg) -> int:
-    for key in ("test_dataloader", "val_dataloader", "train_dataloader"):
-        loader = cfg.get(key)
-        if loader and loader.get("dataset", {}).get("ignore_index") is not None:
-            return int(loader.dataset.ignore_index)
-    return 255
+    """The dataset's ignore index (mmseg's default 255)."""
+    leaf = _dataset_leaf(cfg)
+    value = (leaf or {}).get("ignore_index")
+    return 255 if value is None else int(value)
 
 
 def model_config_sha256(cfg) -> str:
     """sha256 of the resolved ``model`` section (what determines the network, not the data paths)."""
     text = json.dumps(cfg.model.to_dict(), sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------- data
-
-
-@dataclass
-class DataLayout:
-    """Where images and masks of a config's dataset live: ``<img_dir>/<id><img_suffix>``."""
-
-    img_dir: Path
-    seg_dir: Path
-    img_suffix: str
-    seg_suffix: str
-    reduce_zero_label: bool = False
-
-    def image_path(self, image_id: str) -> Path:
-        return self.img_dir / f"{image_id}{self.img_suffix}"
-
-    def mask_path(self, image_id: str) -> Path:
-        return self.seg_dir / f"{image_id}{self.seg_suffix}"
-
-    def check(self, ids: Sequence[str], *, masks: bool, what: str = "id") -> None:
-        """Raise naming the first id whose image (or mask) file is missing."""
-        for i in ids:
-            if not self.image_path(i).is_file():
-                raise InputError(f"{what} {i!r}: image not found at {self.image_path(i)}")
-            if masks and not self.mask_path(i).is_file():
-                raise InputError(f"{what} {i!r}: mask not found at {self.mask_path(i)}")
-
-
-def data_layout(cfg, loader_key: str = "test_dataloader") -> DataLayout:
-    loader = cfg.get(loader_key) or cfg.get("val_dataloader") or cfg.train_dataloader
-    ds = loader.dataset
-    root = Path(ds.get("data_root") or cfg.get("data_root") or ".")
-    prefix = ds.get("data_prefix") or {}
-    return DataLayout(
-        img_dir=root / prefix.get("img_path", ""),
-        seg_dir=root / prefix.get("seg_map_path", ""),
-        img_suffix=ds.get("img_suffix", ".jpg"),
-        seg_suffix=ds.get("seg_map_suffix", ".png"),
-        reduce_zero_label=bool(ds.get("reduce_zero_label", False)),
-    )
-
-
-def test_pipeline(cfg, *, with_labels: bool) -> list[dict]:
-    """The config's test pipeline; ``LoadAnnotations`` only when labels are wanted."""
-    loader = cfg.get("test_dataloader") or cfg.get("val_dataloader")
-    steps = [dict(s) for s in (loader.dataset.pipeline if loader else cfg.test_pipeline)]
-    has_ann = any(s.get("type") == "LoadAnnotations" for s in steps)
-    steps = [s for s in steps if with_labels or s.get("type") != "LoadAnnotations"]
-    if with_labels and not has_ann:
-        at = next((k + 1 for k, s in enumerate(steps) if s.get("type") == "LoadImageFromFile"), 0)
-        steps.insert(at, dict(type="LoadAnnotations"))
-    return steps
-
-
-def make_dataloader(cfg, ids: Sequence[str], *, with_labels: bool, batch_size: int, num_workers: int = 0):
-    """A torch DataLoader over ``ids`` with the config's test pipeline; batches are mmengine dicts."""
-    _init_mm()
-    import torch.utils.data
-    from mmengine.dataset import Compose, pseudo_collate
-
-    layout = data_layout(cfg)
-    pipeline = Compose(test_pipeline(cfg, with_labels=with_labels))
-    ids = list(ids)
-
-    class _Ids(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return len(ids)
-
-        def __getitem__(self, k: int) -> dict:
-            info = dict(
-                img_path=str(layout.image_path(ids[k])),
-                seg_map_path=str(layout.mask_path(ids[k])),
-                reduce_zero_label=layout.reduce_zero_label,
-                seg_fields=[],
-                label_map=None,
-            )
-            return pipeline(info)
-
-    return torch.utils.data.DataLoader(
-        _Ids(), batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=pseudo_collate
-    )
 
 
 # ---------------------------------------------------------------------------------------------- model

@@ -28,6 +28,8 @@ def _register() -> None:
     # name -> module; each module defines `main` (a command) or `app` (a sub-group).
     for name, module_name in [
         ("demo-data", "demo_data"),
+        ("configs", "configs"),
+        ("ids", "ids"),
         ("train", "train"),
         ("infer", "infer"),
         ("score", "score"),
@@ -45,3 +47,32 @@ def _register() -> None:
 
 
 _register()
+
+
+def expand_cfg_options(argv: list[str]) -> list[str]:
+    """mmseg's ``--cfg-options a=1 b.c=[1,2]`` (several pairs after one flag) -> one flag per pair.
+
+    Tokens after ``--cfg-options`` that hold ``=`` and do not start with ``-`` belong to it.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        out.append(token)
+        i += 1
+        if token == "--cfg-options":
+            first = True
+            while i < len(argv) and "=" in argv[i] and not argv[i].startswith("-"):
+                if not first:
+                    out.append("--cfg-options")
+                out.append(argv[i])
+                first = False
+                i += 1
+    return out
+
+
+def main() -> None:
+    """The ``alseg`` entry point."""
+    import sys
+
+    app(args=expand_cfg_options(sys.argv[1:]), prog_name="alseg")

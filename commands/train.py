@@ -9,34 +9,32 @@ import typer
 
 from alseg.commands._console import err, print_json, progress_bar
 from alseg.commands._errors import cli_errors
-from alseg.commands._options import Device, Json, Labeled, Overwrite, Quiet, Seed
+from alseg.commands._options import CfgOptions, Config, DataRoot, Device, Json, Labeled, Overwrite, Quiet, Seed
 
 
 @cli_errors
 def main(
-    config: Annotated[Path, typer.Argument(help="mmseg config file, e.g. configs/demo_unet_tiny.py.")],
+    config: Config,
     labeled: Labeled,
     work_dir: Annotated[Path, typer.Option("--work-dir", help="Output folder: checkpoint.pth, metrics.json, manifest.json.")],
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Dataset folder (default: the config's data_root).")] = None,
-    val_ids: Annotated[Optional[Path], typer.Option("--val-ids", help="Validation id list (default: the config's, splits/val.txt).")] = None,
+    data_root: DataRoot = None,
+    val_ids: Annotated[Optional[Path], typer.Option("--val-ids", help="Validate on these ids of the val split only (default: the whole val split).")] = None,
     device: Device = "auto",
     seed: Seed = 0,
     max_iters: Annotated[Optional[int], typer.Option("--max-iters", help="Training iterations (default: the config's).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per training batch (default: the config's).")] = None,
-    cfg_options: Annotated[
-        Optional[list[str]],
-        typer.Option("--cfg-options", help="Config override KEY=VALUE (dotted key, Python literal value); repeat for more."),
-    ] = None,
+    cfg_options: CfgOptions = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     json: Json = False,
 ) -> None:
     """Train a segmentation model on exactly the labeled ids; evaluate on the val split.
 
-    Reads: CONFIG, the --labeled id list, images and masks under --data-root, the val id list.
+    Reads: CONFIG, the --labeled id list (ids of the config's train split; `alseg ids CONFIG` lists them),
+    images and masks under --data-root, the config's val split.
     Writes: WORK_DIR/checkpoint.pth, WORK_DIR/metrics.json (mIoU in percent), WORK_DIR/manifest.json.
 
-    Example: alseg train configs/demo_unet_tiny.py --labeled labeled.txt --work-dir runs/r0 --data-root data/demo
+    Example: alseg train demo_unet_tiny --labeled labeled.txt --work-dir runs/r0 --data-root data/demo
     """
     from alseg.files.manifest import to_jsonable
     from alseg.mm import parse_cfg_options

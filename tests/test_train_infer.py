@@ -125,7 +125,10 @@ def _model_and_batch(trained, image_id):
 
     cfg = mm.load_config(CONFIG, data_root=trained["demo"].out_dir)
     model = mm.build_model(cfg, trained["work_dir"] / "checkpoint.pth", torch.device("cpu"))
-    batch = next(iter(mm.make_dataloader(cfg, [image_id], with_labels=False, batch_size=1)))
+    from alseg import dataset as D
+
+    index = D.resolve(cfg, [image_id], "test")
+    batch = next(iter(D.test_loader(cfg, index, [image_id], with_labels=False, batch_size=1)))
     return model, batch
 
 
@@ -270,9 +273,19 @@ def test_cli_round_train_infer_score_select(trained, tmp_path):
         unl = [i for i in s.ids if i not in set(lab)]
         m = s.score("margin", unl)
     assert read_ids(tmp_path / "margin.txt") == [unl[j] for j in sorted(range(len(unl)), key=lambda j: (-m[j], unl[j]))[:5]]
-    # the next round trains on labeled + selected
+    # the pool file covers every split here, so the margin picks may include val/calib ids: train refuses those,
+    # naming the list and the id (only ids of the config's train split can be trained on)
+    train_ids = set(read_ids(trained["demo"].out_dir / "splits" / "pool.txt"))
+    picked = read_ids(tmp_path / "margin.txt")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("".join(f"{i}\n" for i in lab + [trained["demo"].splits["val"].read_text().split()[0]]))
+    r = runner.invoke(app, ["train", CONFIG, "--labeled", str(bad), "--work-dir", str(tmp_path / "rb"), "--data-root",
+                            str(trained["demo"].out_dir), "--max-iters", "1", "--quiet"])
+    assert r.exit_code == 1 and str(bad) in r.stderr and "train split" in r.stderr and not (tmp_path / "rb").exists()
+    # the next round trains on labeled + selected (train-split picks, topped up from the pool)
     nxt = tmp_path / "labeled2.txt"
-    nxt.write_text("".join(f"{i}\n" for i in lab + read_ids(tmp_path / "margin.txt")))
+    extra = [i for i in picked if i in train_ids] + sorted(train_ids - set(lab) - set(picked))
+    nxt.write_text("".join(f"{i}\n" for i in lab + extra[:5]))
     r = runner.invoke(app, ["train", CONFIG, "--labeled", str(nxt), "--work-dir", str(tmp_path / "r1"), "--data-root",
                             str(trained["demo"].out_dir), "--device", "cpu", "--max-iters", "4", "--batch-size", "4",
                             "--quiet", "--json"])

@@ -18,7 +18,7 @@ def read_ids(path: str | os.PathLike, *, allow_missing: bool = False) -> list[st
             return []
         raise InputError(f"{path}: id list not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM is not part of the first id
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     ids = [line.strip() for line in text.splitlines()]

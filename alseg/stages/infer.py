@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from alseg.errors import InputError
 from alseg.files.atomic import check_writable, partial_path
@@ -36,28 +36,58 @@ class InferResult:
     device: str = "cpu"
 
 
-def _forward(model, batch: dict, taps, *, resolution: str, with_labels: bool, ignore: int):
-    """One batch -> (logits (b,K,h,w) float32 cpu, labels (b,h,w) or None). Taps capture features."""
+def _slide(model) -> bool:
+    return (getattr(model, "test_cfg", None) or {}).get("mode", "whole") == "slide"
+
+
+def _forward(model, batch: dict, taps, names: Sequence[str], *, resolution: str, with_labels: bool, ignore: int):
+    """One batch of same-size inputs -> per image: logits (K,h,w) float32, labels (h,w) int64 or None, and
+    the batch's embeddings {name: (b,D)}. Only each image's valid region is returned (no padding).
+
+    ``whole`` inference runs the decode head once (taps capture its features); ``slide`` inference (as in
+    mmseg's DRIVE/HRF configs) gives logits at input size only, and no embeddings.
+    """
+    import math
+
     import torch
     import torch.nn.functional as F
 
     data = model.data_preprocessor(batch, False)
-    inputs = data["inputs"]
-    feats = model.extract_feat(inputs)
-    logits = model.decode_head.forward(feats)
-    if resolution == "full" and tuple(logits.shape[-2:]) != tuple(inputs.shape[-2:]):
-        logits = F.interpolate(
-            logits, size=inputs.shape[-2:], mode="bilinear", align_corners=bool(model.decode_head.align_corners)
-        )
-    labels = None
-    if with_labels:
-        masks = []
-        for sample in data["data_samples"]:
-            mask = sample.gt_sem_seg.data.to(torch.float32)  # (1,H,W); nearest keeps the ignore index
-            masks.append(F.interpolate(mask[None], size=logits.shape[-2:], mode="nearest")[0, 0])
-        labels = torch.stack(masks).round().to(torch.int64).cpu()
-        labels[(labels < 0) | (labels > max(ignore, 255))] = ignore
-    return logits.float().cpu(), labels
+    inputs, samples = data["inputs"], data["data_samples"]
+    big_h, big_w = (int(s) for s in inputs.shape[-2:])
+    sizes = [tuple(int(s) for s in x.shape[-2:]) for x in batch["inputs"]]  # before any test-time padding
+    embs: dict = {}
+    align = bool(getattr(model.decode_head, "align_corners", False))
+    if _slide(model):
+        logits = model.slide_inference(inputs, [s.metainfo for s in samples])
+    else:
+        logits = model.decode_head.forward(model.extract_feat(inputs))
+        embs = {k: v.numpy() for k, v in taps.embeddings(names).items()}
+        taps.captured.clear()
+        if resolution == "full" and tuple(logits.shape[-2:]) != (big_h, big_w):
+            logits = F.interpolate(logits, size=(big_h, big_w), mode="bilinear", align_corners=align)
+    lh, lw = (int(s) for s in logits.shape[-2:])
+    logits = logits.float().cpu()
+    out_logits, out_labels = [], []
+    for i, (h, w) in enumerate(sizes):
+        vh, vw = min(lh, math.ceil(lh * h / big_h)), min(lw, math.ceil(lw * w / big_w))
+        out_logits.append(logits[i, :, :vh, :vw].numpy())
+        if with_labels:
+            mask = samples[i].gt_sem_seg.data.to(torch.float32)  # (1,h',w'); nearest keeps the ignore index
+            if tuple(mask.shape[-2:]) == (big_h, big_w):
+                mask = mask[:, :h, :w]  # padded with the batch: keep the image's part
+            mask = F.interpolate(mask[None], size=(vh, vw), mode="nearest")[0, 0].round().to(torch.int64)
+            mask[(mask < 0) | (mask > max(ignore, 255))] = ignore
+            out_labels.append(mask.numpy())
+    return out_logits, (out_labels if with_labels else None), embs
+
+
+def _same_size_groups(batch: dict) -> list[list[int]]:
+    """Indices of the batch grouped by input size (mmseg's test preprocessor needs one size per batch)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, x in enumerate(batch["inputs"]):
+        groups.setdefault(tuple(x.shape), []).append(i)
+    return list(groups.values())
 
 
 def infer(
@@ -74,12 +104,17 @@ def infer(
     resolution: str = "native",
     overwrite: bool = False,
     resume: bool = False,
+    split: str = "auto",
+    cfg_options: Mapping[str, Any] | None = None,
     progress: Callable[[int, int | None], None] | None = None,
 ) -> InferResult:
     """Write logits (float16, at the decode head's output resolution, or the input size with
     ``resolution="full"``), optional labels (nearest-resized to the logits) and embeddings
     (``bottleneck``, ``penultimate``, ``badge``; see :mod:`alseg.mm`) for every id in ``ids_path``.
 
+    Ids are looked up in the config's ``split`` (``auto``: the first of train, val, test that holds them
+    all) through mmseg's dataset classes and run through the config's test pipeline; images may differ in
+    size (each is stored with its valid size, see :mod:`alseg.files.hdf5`).
     ``resume`` continues an interrupted run from ``<out>.partial``, skipping ids already written.
     """
     start = time.perf_counter()
@@ -93,16 +128,18 @@ def infer(
     if not ids:
         raise InputError(f"{ids_path}: the id list is empty")
 
+    from alseg import dataset as D
     from alseg import mm
     from alseg.device import resolve_device
     from alseg.files.hdf5 import PoolWriter, sha256_file
 
     names = mm.check_embedding_names(embeddings)
     torch_device = resolve_device(device)
-    cfg = mm.load_config(config_path, data_root=data_root)
-    mm.data_layout(cfg).check(ids, masks=with_labels)
-    class_names = mm.class_names(cfg)
-    ignore = mm.ignore_index(cfg)
+    cfg = mm.load_config(config_path, data_root=data_root, cfg_options=cfg_options)
+    index = D.resolve(cfg, ids, str(ids_path), split)
+    index.check_files(ids, masks=with_labels, source=str(ids_path))
+    class_names = index.class_names or mm.class_names(cfg)
+    ignore = index.ignore_index
     ckpt_sha = sha256_file(checkpoint_path) if Path(checkpoint_path).is_file() else None
     model = mm.build_model(cfg, checkpoint_path, torch_device, checkpoint_sha256=ckpt_sha)
     n_classes = int(model.decode_head.out_channels)
@@ -110,7 +147,13 @@ def infer(
         raise InputError(
             f"{config_path}: the decode head has {n_classes} outputs but the dataset names {len(class_names)} classes"
         )
+    if _slide(model):
+        if names:
+            raise InputError(f"{config_path}: embeddings need whole-image inference, but model.test_cfg.mode is "
+                             "'slide'; pass --cfg-options model.test_cfg.mode=whole or drop --embeddings")
+        resolution = "full"  # slide inference stitches logits at input size
 
+    import numpy as np
     import torch
 
     attrs = dict(
@@ -120,18 +163,38 @@ def infer(
         config_path=str(config_path),
         checkpoint_path=str(checkpoint_path),
         ids_path=str(ids_path),
-        data_root=str(mm.data_layout(cfg).img_dir.parent),
+        data_root=index.data_root,
+        split=index.split,
     )
+
+    def run(batch: dict):
+        """Per image logits/labels and per batch embeddings, forwarding one input size at a time."""
+        logits, labels, embs = [None] * len(batch["inputs"]), [None] * len(batch["inputs"]), {}
+        for group in _same_size_groups(batch):
+            sub = {key: [batch[key][i] for i in group] for key in ("inputs", "data_samples")}
+            g_logits, g_labels, g_embs = _forward(
+                model, sub, taps, names, resolution=resolution, with_labels=with_labels, ignore=ignore
+            )
+            for j, i in enumerate(group):
+                logits[i] = g_logits[j]
+                labels[i] = None if g_labels is None else g_labels[j]
+            for key, value in g_embs.items():
+                embs.setdefault(key, np.zeros((len(logits), value.shape[1]), dtype=np.float32))[group] = value
+        return logits, (labels if with_labels else None), embs
+
     with torch.inference_mode(), mm.FeatureTaps(model) as taps:
-        # One image tells the shapes: logits resolution and embedding sizes.
-        probe = next(iter(mm.make_dataloader(cfg, ids[:1], with_labels=False, batch_size=1)))
-        logits, _ = _forward(model, probe, taps, resolution=resolution, with_labels=False, ignore=ignore)
-        taps.choose_bottleneck()
-        dims = taps.dims(names)
-        emb_attrs = taps.attrs(names)
-        shape = tuple(int(s) for s in logits.shape[-2:])
-        taps.captured.clear()
-        del logits, probe
+        # One image tells the embedding sizes.
+        probe = next(iter(D.test_loader(cfg, index, ids[:1], with_labels=with_labels, batch_size=1)))
+        if names:
+            model.decode_head.forward(model.extract_feat(model.data_preprocessor(probe, False)["inputs"]))
+            taps.choose_bottleneck()
+            dims, emb_attrs = taps.dims(names), taps.attrs(names)
+            taps.captured.clear()
+        else:
+            dims, emb_attrs = {}, {}
+        first, _, _ = run(probe)
+        shape = tuple(int(s) for s in first[0].shape[-2:])
+        del first, probe
 
         writer = PoolWriter(
             out_path, class_names=class_names, logits_shape=shape, ignore_index=ignore, with_labels=with_labels,
@@ -148,28 +211,24 @@ def infer(
             progress(0, len(ids))
             if n_resumed:
                 progress(n_resumed, None)
-            loader = mm.make_dataloader(cfg, todo, with_labels=with_labels, batch_size=batch_size)
+            loader = D.test_loader(cfg, index, todo, with_labels=with_labels, batch_size=batch_size)
             pos = 0
+            max_h, max_w = shape
             for batch in loader:
                 b = len(batch["inputs"])
                 batch_ids = todo[pos : pos + b]
                 pos += b
-                logits, labels = _forward(
-                    model, batch, taps, resolution=resolution, with_labels=with_labels, ignore=ignore
-                )
-                if tuple(logits.shape[-2:]) != shape:
-                    raise InputError(
-                        f"id {batch_ids[0]!r}: logits are {tuple(logits.shape[-2:])}, not {shape} like the first "
-                        "image; a pool file needs one image size (add a Resize to the config's test pipeline)"
-                    )
-                embs = {k: v.numpy() for k, v in taps.embeddings(names).items()}
-                writer.append(
-                    batch_ids, logits.numpy(), labels=None if labels is None else labels.numpy(), embeddings=embs
-                )
-                taps.captured.clear()
+                logits, labels, embs = run(batch)
+                if len({lg.shape for lg in logits}) == 1:  # one size: the plain (b,K,h,w) path
+                    logits = np.stack(logits)
+                    labels = None if labels is None else np.stack(labels)
+                for lg in logits:
+                    max_h, max_w = max(max_h, lg.shape[-2]), max(max_w, lg.shape[-1])
+                writer.append(batch_ids, logits, labels=labels, embeddings=embs)
                 progress(b, None)
             # ids in the file follow the id list when the run was not interrupted; after a resume they
             # follow the order of writing, and ids are the join key either way.
+        shape = (max_h, max_w)
 
     seconds = time.perf_counter() - start
     result = InferResult(
@@ -190,9 +249,9 @@ def infer(
             config_path=str(config_path), checkpoint_path=str(checkpoint_path), ids_path=str(ids_path),
             out_path=str(out_path), data_root=None if data_root is None else str(data_root),
             device=str(torch_device), batch_size=batch_size, with_labels=with_labels, embeddings=names,
-            resolution=resolution, resume=resume,
+            resolution=resolution, resume=resume, split=index.split, cfg_options=dict(cfg_options or {}),
         ),
-        inputs=[config_path, checkpoint_path, ids_path],
+        inputs=[mm.find_config(config_path), checkpoint_path, ids_path],
         outputs=[out_path],
         seconds=seconds,
         result=result,

@@ -1,7 +1,7 @@
 """Stage ``train``: fit an mmseg model on exactly the labeled ids, evaluate on the val split.
 
-Reads: an mmseg config, the labeled id list (becomes the train dataset's ``ann_file``), images and
-masks under ``data_root``, the val id list. Writes into ``work_dir``: ``checkpoint.pth`` (final weights,
+Reads: an mmseg config, the labeled id list (a subset of the config's train split), images and masks
+under ``data_root``, the config's val split (or a subset of it). Writes into ``work_dir``: ``checkpoint.pth`` (final weights,
 an mmengine checkpoint), ``metrics.json`` (format ``alseg.metrics``) and ``manifest.json``; mmengine adds
 its own timestamped log folder.
 """
@@ -74,7 +74,9 @@ def train(
 ) -> TrainResult:
     """Train the config's model on the ids in ``labeled_path``; see the module docstring for files.
 
-    ``val_ids_path`` defaults to the config's val ``ann_file`` (``splits/val.txt`` under ``data_root``).
+    The labeled ids are looked up in the config's train split (mmseg's dataset class, its ``ann_file``
+    and wrappers; see :mod:`alseg.dataset`) and trained on through its train pipeline. Validation uses the
+    config's val split, or only the ids of ``val_ids_path`` (which must be in that split).
     ``max_iters``/``batch_size`` override the config; ``cfg_options`` are dotted-key overrides applied first.
     """
     start = time.perf_counter()
@@ -97,19 +99,37 @@ def train(
 
     torch_device = resolve_device(device)
     cfg = mm.load_config(
-        config_path, data_root=data_root, train_ids_path=labeled_path, val_ids_path=val_ids_path,
-        work_dir=work_dir, max_iters=max_iters, batch_size=batch_size, seed=seed, cfg_options=cfg_options,
+        config_path, data_root=data_root, work_dir=work_dir, max_iters=max_iters, batch_size=batch_size, seed=seed,
+        cfg_options=cfg_options,
     )
     cfg.randomness = dict(seed=int(seed), deterministic=False)
-    mm.data_layout(cfg, "train_dataloader").check(labeled, masks=True, what="labeled id")
-    val_ann = Path(cfg.val_dataloader.dataset.ann_file)
-    if not val_ann.is_absolute():
-        val_ann = Path(cfg.val_dataloader.dataset.get("data_root") or ".") / val_ann
-    val_ids = read_ids(val_ann)
-    if not val_ids:
-        raise InputError(f"{val_ann}: the val id list is empty")
-    mm.data_layout(cfg, "val_dataloader").check(val_ids, masks=True, what="val id")
-    names = mm.class_names(cfg)
+    from alseg import dataset as D
+
+    # The labeled ids, found in the train split by mmseg's own dataset classes, through its train pipeline.
+    train_index = D.build_index(cfg, "train")
+    train_index.locate(labeled, str(labeled_path))
+    train_index.check_files(labeled, masks=True, source=str(labeled_path))
+    cfg.train_dataloader.dataset = D.subset_config(cfg.train_dataloader.dataset, labeled_path, "train", seed)
+    if not cfg.get("val_dataloader"):
+        raise InputError(f"{config_path}: the config has no val_dataloader; alseg train evaluates on it")
+    if val_ids_path is not None:
+        val_ids = read_ids(val_ids_path)
+        if not val_ids:
+            raise InputError(f"{val_ids_path}: the val id list is empty")
+        val_index = D.build_index(cfg, "val")
+        val_index.locate(val_ids, str(val_ids_path))
+        val_index.check_files(val_ids, masks=True, source=str(val_ids_path))
+        cfg.val_dataloader.dataset = D.subset_config(cfg.val_dataloader.dataset, val_ids_path, "val", seed)
+        n_val = len(val_ids)
+    else:
+        n_val = len(D.build_index(cfg, "val").ids)
+        if not n_val:
+            raise InputError(f"{config_path}: the config's val split holds no images under its data_root")
+    names = train_index.class_names or mm.class_names(cfg)
+    n_head = int(cfg.model.decode_head.num_classes)
+    if n_head != len(names):
+        raise InputError(f"{config_path}: the decode head has num_classes={n_head} but the dataset names "
+                         f"{len(names)} classes; set model.decode_head.num_classes")
 
     metric_type = mm.register_iou_metric()
     for key in ("val_evaluator",):
@@ -167,6 +187,7 @@ def train(
         "history": history,
         "class_names": names,
         "n_labeled": len(labeled),
+        "n_val": n_val,
         "iterations": int(runner.iter),
     }
     write_text_atomic(metrics_path, json.dumps(to_jsonable(doc), indent=2) + "\n")
@@ -193,7 +214,7 @@ def train(
             seed=seed, max_iters=int(cfg.train_cfg.max_iters), batch_size=int(cfg.train_dataloader.batch_size),
             cfg_options=dict(cfg_options or {}),
         ),
-        inputs=[config_path, labeled_path, val_ann],
+        inputs=[mm.find_config(config_path), labeled_path, val_ids_path],
         outputs=[checkpoint_path, metrics_path],
         seconds=seconds,
         result=result,

@@ -2,7 +2,8 @@
 #   <data_root>/img_dir/<id><img_suffix>   images
 #   <data_root>/ann_dir/<id><seg_map_suffix>  label maps (class index per pixel, 255 = ignore)
 #   <data_root>/splits/{pool,val,calib,all}.txt  id lists, one id per line
-# `alseg train` replaces the train `ann_file` with the labeled id list and `data_root` with --data-root.
+# The train split is the pool, val the validation split, and test every image (so `alseg infer` finds
+# calibration ids there). `alseg train --labeled L` trains on the ids of L, which must be train-split ids.
 dataset_type = 'BaseSegDataset'
 data_root = 'data/demo'
 class_names = ('background', 'road', 'building', 'tree', 'car', 'van', 'sign')
@@ -46,7 +47,13 @@ val_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(**_dataset, ann_file='splits/val.txt', pipeline=test_pipeline),
 )
-test_dataloader = val_dataloader
+test_dataloader = dict(
+    batch_size=8,
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(**_dataset, ann_file='splits/all.txt', pipeline=test_pipeline),
+)
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
