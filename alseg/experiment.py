@@ -16,8 +16,8 @@ class Experiment:
     path: Path
     name: str
     config: Path
-    data_root: Path
-    pool_ids: Path
+    data_root: Path | None
+    pool_ids: Path | None  # None: every id of the config's train split (written to EXP/pool.txt by `run`)
     val_ids: Path | None
     calib_ids: Path | None
     sizes: list[int]  # labeled count after round 0, 1, ..., R
@@ -29,6 +29,8 @@ class Experiment:
     batch_size: int | None = None
     infer_batch_size: int = 8
     full_supervision: bool = False
+    calib_size: int | None = None  # carve this many calibration ids out of the pool (when calib_ids is absent)
+    cfg_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rounds(self) -> int:
@@ -46,10 +48,15 @@ class Experiment:
 
         lines = [f"# resolved from {self.path}"]
         for key in ("name", "config", "data_root", "pool_ids", "val_ids", "calib_ids", "sizes", "seeds",
-                    "strategies", "device", "max_iters", "batch_size", "infer_batch_size", "full_supervision"):
+                    "strategies", "device", "max_iters", "batch_size", "infer_batch_size", "full_supervision",
+                    "calib_size"):
             value = getattr(self, key)
             if value is not None:
                 lines.append(f"{key} = {q(value)}")
+        if self.cfg_options:
+            lines.append("\n[cfg_options]")
+            lines += [f"{q(k)} = {q(v if isinstance(v, (bool, int, float, str, list)) else repr(v))}"
+                      for k, v in self.cfg_options.items()]
         for strategy, opts in self.params.items():
             lines.append(f"\n[params.{strategy}]")
             lines += [f"{k} = {q(v)}" for k, v in opts.items()]
@@ -82,8 +89,8 @@ def load_experiment(path: str | Path) -> Experiment:
 
     known = {"name", "config", "data_root", "pool_ids", "val_ids", "calib_ids", "initial", "budget", "rounds",
              "sizes", "seeds", "strategies", "params", "device", "max_iters", "batch_size", "infer_batch_size",
-             "full_supervision"}
-    required = ["config", "data_root", "pool_ids", "strategies"]
+             "full_supervision", "calib_size", "cfg_options"}
+    required = ["config", "strategies"]
     required += [] if "sizes" in doc else ["initial", "budget", "rounds"]
     missing = [key for key in required if key not in doc]
     if missing:
@@ -108,19 +115,36 @@ def load_experiment(path: str | Path) -> Experiment:
         extra = sorted(set(opts) - allowed)
         if extra:
             raise InputError(f"{path}: [params.{strategy}] has unknown key(s) {', '.join(extra)}")
+    from alseg.mm import find_config
+
+    config_value = str(need("config"))
+    config = (base / config_value).resolve()
+    if not config.is_file():  # the name of a shipped config, or mmseg::...
+        config = find_config(config_value).resolve()
+    cfg_options = doc.get("cfg_options", {})
+    if not isinstance(cfg_options, dict):
+        raise InputError(f"{path}: cfg_options must be a table of dotted keys, e.g. [cfg_options] then \"a.b\" = 1")
+    from alseg.mm import parse_cfg_options
+
+    cfg_options = {str(k): (parse_cfg_options([f"{k}={v}"])[str(k)] if isinstance(v, str) else v)
+                   for k, v in cfg_options.items()}
+    calib_size = doc.get("calib_size")
+    if calib_size is not None and (not isinstance(calib_size, int) or calib_size < 1 or "calib_ids" in doc):
+        raise InputError(f"{path}: calib_size must be a positive integer, and is used only without calib_ids")
     exp = Experiment(
-        path=path.resolve(), name=str(doc.get("name", path.stem)), config=p("config"), data_root=p("data_root"),
-        pool_ids=p("pool_ids"), val_ids=p("val_ids", False), calib_ids=p("calib_ids", False), sizes=sizes,
+        path=path.resolve(), name=str(doc.get("name", path.stem)), config=config, data_root=p("data_root", False),
+        pool_ids=p("pool_ids", False), val_ids=p("val_ids", False), calib_ids=p("calib_ids", False), sizes=sizes,
         seeds=[int(s) for s in doc.get("seeds", [0])], strategies=strategies, params=params,
         device=str(doc.get("device", "auto")), max_iters=doc.get("max_iters"), batch_size=doc.get("batch_size"),
         infer_batch_size=int(doc.get("infer_batch_size", 8)), full_supervision=bool(doc.get("full_supervision", False)),
+        calib_size=calib_size, cfg_options=cfg_options,
     )
     for key in ("config", "data_root", "pool_ids", "val_ids", "calib_ids"):
         value = getattr(exp, key)
         if value is not None and not value.exists():
             raise InputError(f"{path}: {key} {value} does not exist")
-    if "crc" in strategies and exp.calib_ids is None:
-        raise InputError(f"{path}: strategy 'crc' needs calib_ids (a labeled calibration split)")
+    if "crc" in strategies and exp.calib_ids is None and exp.calib_size is None:
+        raise InputError(f"{path}: strategy 'crc' needs calib_ids (a labeled calibration split) or calib_size")
     return exp
 
 

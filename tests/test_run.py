@@ -154,7 +154,32 @@ def test_run_cli_and_bad_experiment(data, tmp_path):
     bad.write_text('name = "x"\nstrategies = ["margin"]\n')
     r = CliRunner().invoke(app, ["run", str(bad), "--quiet"])
     assert r.exit_code == 1 and r.stderr.strip() == (
-        f"error: {bad}: missing key(s) config, data_root, pool_ids, initial, budget, rounds (see docs/experiment.md)")
+        f"error: {bad}: missing key(s) config, initial, budget, rounds (see docs/experiment.md)")
     exp_file = write_experiment(tmp_path, data, strategies=["nope"])
     r = CliRunner().invoke(app, ["run", str(exp_file), "--quiet"])
     assert r.exit_code == 1 and "unknown strategy 'nope'" in r.stderr
+
+
+def test_experiment_ids_from_the_config_split_and_carved_calibration(data, tmp_path):
+    """No pool_ids: the config's train split; calib_size: carved from it once, disjoint, the same every time."""
+    from alseg.experiment import load_experiment
+    from alseg.files.idlist import read_ids
+    from alseg.stages.run import _resolve_ids
+
+    exp_file = tmp_path / "e.toml"
+    exp_file.write_text(
+        f'config = "demo_unet_tiny"\ndata_root = "{data / "data"}"\ninitial = 4\nbudget = 2\nrounds = 1\n'
+        'strategies = ["crc"]\ncalib_size = 5\n[cfg_options]\n"model.decode_head.channels" = 16\n'
+        '"train_dataloader.dataset.pipeline.2.prob" = "0.25"\n')
+    exp = load_experiment(exp_file)
+    assert exp.config.name == "demo_unet_tiny.py" and exp.pool_ids is None
+    assert exp.cfg_options == {"model.decode_head.channels": 16, "train_dataloader.dataset.pipeline.2.prob": 0.25}
+    train_split = read_ids(data / "data" / "splits" / "pool.txt")  # the demo config's train ann_file
+    _resolve_ids(exp, tmp_path / "x")
+    pool, calib = read_ids(exp.pool_ids), read_ids(exp.calib_ids)
+    assert len(calib) == 5 and not set(pool) & set(calib) and sorted(pool + calib) == sorted(train_split)
+    assert [i for i in train_split if i in set(calib)] == calib  # split order kept
+    exp2 = load_experiment(exp_file)
+    _resolve_ids(exp2, tmp_path / "y")
+    assert read_ids(exp2.calib_ids) == calib
+    assert "calib_ids" in exp.to_toml() and "[cfg_options]" in exp.to_toml()

@@ -100,11 +100,12 @@ class _Runner:
         exp, seed = self.exp, where[0]
         ckpt = work_dir / "checkpoint.pth"
         args = {"config": exp.config, "labeled": labeled, "seed": seed, "max_iters": exp.max_iters,
-                "batch_size": exp.batch_size, "val_ids": exp.val_ids, "data_root": exp.data_root}
+                "batch_size": exp.batch_size, "val_ids": exp.val_ids, "data_root": exp.data_root,
+                **({"cfg_options": exp.cfg_options} if exp.cfg_options else {})}
         self.step(where, "train", ckpt, args, [exp.config, labeled, exp.val_ids], lambda progress: train(
             exp.config, labeled_path=labeled, work_dir=work_dir, data_root=exp.data_root, val_ids_path=exp.val_ids,
             device=self.device, seed=seed, max_iters=exp.max_iters, batch_size=exp.batch_size, overwrite=True,
-            progress=progress))
+            cfg_options=exp.cfg_options, progress=progress))
         metrics = json.loads((work_dir / "metrics.json").read_text(encoding="utf-8"))
         miou = float(metrics["final"]["mIoU"])
         n_labeled = len(read_ids(labeled))
@@ -117,11 +118,12 @@ class _Runner:
 
         exp = self.exp
         args = {"config": exp.config, "checkpoint": ckpt, "ids": ids, "with_labels": with_labels,
-                "embeddings": list(embeddings), "data_root": exp.data_root}
+                "embeddings": list(embeddings), "data_root": exp.data_root,
+                **({"cfg_options": exp.cfg_options} if exp.cfg_options else {})}
         self.step(where, "infer", out, args, [exp.config, ckpt, ids], lambda progress: infer(
             exp.config, checkpoint_path=ckpt, ids_path=ids, out_path=out, data_root=exp.data_root,
             device=self.device, batch_size=exp.infer_batch_size, with_labels=with_labels,
-            embeddings=tuple(embeddings), overwrite=True, progress=progress))
+            embeddings=tuple(embeddings), overwrite=True, cfg_options=exp.cfg_options, progress=progress))
 
     # -- the loop --------------------------------------------------------------------------------------
     def round0(self, seed: int) -> None:
@@ -192,10 +194,40 @@ class _Runner:
                       pool_ids_path=exp.pool_ids if strat.needs == "nothing" else None, seed=sel_seed,
                       device=self.device, overwrite=True, progress=progress, **params))
         labeled = d / "labeled.txt"
-        new_labeled = read_ids(prev_labeled) + read_ids(selected)
-        if not labeled.is_file() or read_ids(labeled) != new_labeled:
-            write_ids(labeled, new_labeled)
+        write_if_changed(labeled, read_ids(prev_labeled) + read_ids(selected))
         self.train(where, labeled, d / "train")
+
+
+def _resolve_ids(exp: Experiment, exp_dir: Path) -> None:
+    """Without ``pool_ids``: the config's train split (``EXP/pool.txt``); with ``calib_size``: that many ids
+    carved out of the pool once, by a fixed seed independent of the experiment's seeds (``EXP/calib.txt``)."""
+    if exp.pool_ids is not None and exp.calib_size is None:
+        return
+    import numpy as np
+
+    if exp.pool_ids is None:
+        from alseg.stages.ids import list_ids
+
+        pool = list_ids(exp.config, split="train", data_root=exp.data_root, cfg_options=exp.cfg_options).ids
+    else:
+        pool = read_ids(exp.pool_ids)
+    if exp.calib_size is not None:
+        if exp.calib_size >= len(pool):
+            raise InputError(f"{exp.path}: calib_size {exp.calib_size} leaves no pool ({len(pool)} train ids)")
+        order = np.random.default_rng(20251018).permutation(len(pool))
+        calib = set(pool[k] for k in order[: exp.calib_size])
+        write_if_changed(exp_dir / "calib.txt", [i for i in pool if i in calib])
+        exp.calib_ids = exp_dir / "calib.txt"
+        pool = [i for i in pool if i not in calib]
+    write_if_changed(exp_dir / "pool.txt", pool)
+    exp.pool_ids = exp_dir / "pool.txt"
+    exp.calib_size = None  # resolved into files: the written experiment.toml names them
+
+
+def write_if_changed(path: Path, ids: list[str]) -> None:
+    """Write an id list unless it already holds exactly these ids (keeps resume digests stable)."""
+    if not path.is_file() or read_ids(path) != ids:
+        write_ids(path, ids)
 
 
 def run(
@@ -213,6 +245,7 @@ def run(
         exp.seeds = list(seeds)
     exp_dir = (Path(exp_dir) if exp_dir is not None else exp.path.parent / exp.name).resolve()
     exp_dir.mkdir(parents=True, exist_ok=True)
+    _resolve_ids(exp, exp_dir)
     resolved = exp_dir / "experiment.toml"
     text = exp.to_toml()
     if not resolved.exists() or resolved.read_text(encoding="utf-8") != text:
