@@ -238,3 +238,46 @@ def test_cfg_options_parse_like_mmseg():
     assert got == {"a": 1, "b.c": [1, 2], "d": (3, 4), "e": "x", "f": True, "g": None, "h": [(1, 2), (3, 4)]}
     assert expand_cfg_options(["train", "c", "--cfg-options", "a=1", "b=2", "--quiet"]) == [
         "train", "c", "--cfg-options", "a=1", "--cfg-options", "b=2", "--quiet"]
+
+
+def test_custom_imports_dataset_type_and_metainfo_override(tmp_path, monkeypatch):
+    """A dataset class the user registers through ``custom_imports``, and a ``metainfo`` class subset (mmseg then
+    builds a label_map): both come from mmseg, not from alseg."""
+    from alseg import dataset as D
+    from alseg import mm
+
+    (tmp_path / "my_alseg_ds.py").write_text(
+        "from mmseg.datasets import BaseSegDataset\n"
+        "from mmseg.registry import DATASETS\n\n"
+        "@DATASETS.register_module()\n"
+        "class MyTiles(BaseSegDataset):\n"
+        "    METAINFO = dict(classes=('bg', 'field', 'river'), palette=[[0, 0, 0], [0, 255, 0], [0, 0, 255]])\n"
+        "    def __init__(self, **kw):\n"
+        "        super().__init__(img_suffix='_rgb.png', seg_map_suffix='_lbl.png', **kw)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rng = np.random.default_rng(0)
+    data = tmp_path / "tiles"
+    for name in ("t/a1", "t/b2", "u/c3"):
+        layouts._img(data / "rgb" / f"{name}_rgb.png", 16, 16, rng)
+        layouts._mask(data / "lbl" / f"{name}_lbl.png", 16, 16, rng, 3)
+    cfg_path = tmp_path / "mine.py"
+    cfg_path.write_text(
+        "custom_imports = dict(imports=['my_alseg_ds'], allow_failed_imports=False)\n"
+        "_ds = dict(type='MyTiles', data_root='x', data_prefix=dict(img_path='rgb', seg_map_path='lbl'), pipeline=[])\n"
+        "train_dataloader = dict(dataset=_ds)\nval_dataloader = dict(dataset=_ds)\ntest_dataloader = val_dataloader\n"
+        "model = dict(decode_head=dict(num_classes=3))\n")
+    out = tmp_path / "ids.txt"
+    cli("ids", cfg_path, "--data-root", data, "--out", out)
+    assert read(out) == ["t/a1", "t/b2", "u/c3"]
+    cfg = mm.load_config(cfg_path, data_root=data)
+    assert mm.class_names(cfg) == ["bg", "field", "river"]
+    # a metainfo override with a subset of Cityscapes' classes: mmseg's label_map, through the index
+    cs = tmp_path / "cityscapes"
+    layouts.cityscapes(cs)
+    config = layouts.tiny_config(tmp_path / "cs.py", "cityscapes.py", n_classes=2)
+    cfg = mm.load_config(config, data_root=cs, cfg_options={
+        "train_dataloader.dataset.metainfo": dict(classes=("road", "car"))})
+    index = D.build_index(cfg, "train")
+    assert index.class_names == ["road", "car"]
+    label_map = index.data_info(index.ids[0])["label_map"]
+    assert label_map[0] == 0 and label_map[13] == 1 and label_map[1] == 255  # road, car kept; sidewalk ignored
