@@ -24,6 +24,10 @@ __all__ = [
     "aggregate",
     "badge_last_layer_embedding",
     "badge_logit_embedding",
+    "badge_logit_dim",
+    "badge_logit_embedding_adaptive",
+    "badge_logit_params",
+    "badge_logit_rows",
     "badge_window",
     "check_finite",
     "contextual_diversity",
@@ -302,6 +306,75 @@ def badge_logit_embedding(logits: np.ndarray, window: int, ids: Sequence[str] | 
     g = g[:, :, : hs * s, : ws * s].reshape(n_images, n_classes, hs, s, ws, s)
     pooled = g.astype(np.float64).mean(axis=(3, 5))
     return pooled.reshape(n_images, -1).astype(np.float32)
+
+
+def _adaptive_bins(size: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bin i of ``cells`` over ``size`` pixels covers [floor(i*size/cells), ceil((i+1)*size/cells))."""
+    i = np.arange(cells)
+    return (i * size) // cells, -((-(i + 1) * size) // cells)
+
+
+def badge_logit_embedding_adaptive(
+    logits: np.ndarray, grid: Sequence[int], ids: Sequence[str] | None = None
+) -> np.ndarray:
+    """BADGE ``logit`` embedding of a variable-size pool: g = p - onehot(yhat) averaged over a fixed grid.
+
+    ``logits`` (N, K, h, w) (one size per call), ``grid`` = (gh, gw). Cell (i, j) is the mean of g over
+    rows [floor(i h/gh), ceil((i+1) h/gh)) and columns likewise (the bins of ``adaptive_avg_pool2d``), so
+    every image, whatever its size, gives (N, K * gh * gw) float32 in (K, gh, gw) order. For h = s*gh and
+    w = s*gw this is :func:`badge_logit_embedding` with window s (to float rounding).
+    """
+    x = np.asarray(logits)
+    if x.ndim != 4:
+        raise InputError(f"logits must have shape (N, K, H, W), got shape {x.shape}")
+    gh, gw = (int(c) for c in grid)
+    if gh < 1 or gw < 1:
+        raise InputError(f"BADGE grid must be two sizes >= 1, got {tuple(grid)}")
+    n_images, n_classes, height, width = x.shape
+    check_finite(x, ids, "logits")
+    g = _onehot_gradient(softmax(x, axis=1)).astype(np.float64)
+    # Separable box sums from cumulative sums: rows first, then columns.
+    r0, r1 = _adaptive_bins(height, gh)
+    c0, c1 = _adaptive_bins(width, gw)
+    cum = np.zeros((n_images, n_classes, height + 1, width))
+    np.cumsum(g, axis=2, out=cum[:, :, 1:])
+    rows = (cum[:, :, r1] - cum[:, :, r0]) / (r1 - r0)[:, None]  # (N, K, gh, w)
+    cum = np.zeros((n_images, n_classes, gh, width + 1))
+    np.cumsum(rows, axis=3, out=cum[..., 1:])
+    pooled = (cum[..., c1] - cum[..., c0]) / (c1 - c0)  # (N, K, gh, gw)
+    return pooled.reshape(n_images, -1).astype(np.float32)
+
+
+def badge_logit_params(
+    n_classes: int, height: int, width: int, *, variable_size: bool = False, target: int = 400
+) -> dict:
+    """How a pool's BADGE ``logit`` embedding is pooled, from its (largest) size (H, W).
+
+    Window s = :func:`badge_window` (K, H, W). One image size: ``{"window": s, "target_dim": target}``
+    (window pooling). Variable sizes: ``"pooling": "adaptive"`` and ``"grid": [H // s, W // s]`` are
+    added and each image's valid region is pooled onto that grid, so every row has one dimension.
+    """
+    s = badge_window(n_classes, height, width, target)
+    params: dict = {"window": s, "target_dim": target}
+    if variable_size:
+        params.update(pooling="adaptive", grid=[height // s, width // s])
+    return params
+
+
+def badge_logit_rows(logits: np.ndarray, params: dict, ids: Sequence[str] | None = None) -> np.ndarray:
+    """The BADGE ``logit`` embedding of ``logits`` pooled as ``params`` (:func:`badge_logit_params`) says."""
+    if params.get("pooling") == "adaptive":
+        return badge_logit_embedding_adaptive(logits, params["grid"], ids)
+    return badge_logit_embedding(logits, params["window"], ids)
+
+
+def badge_logit_dim(n_classes: int, height: int, width: int, params: dict) -> int:
+    """Length of one BADGE ``logit`` row for a pool of (largest) size (H, W)."""
+    if params.get("pooling") == "adaptive":
+        gh, gw = params["grid"]
+        return n_classes * int(gh) * int(gw)
+    s = int(params["window"])
+    return n_classes * (height // s) * (width // s)
 
 
 def badge_last_layer_embedding(logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,8 @@ def _training_ids(pool: PoolReader, train_ids_path: str | Path | None) -> tuple[
 def _stream(pool: PoolReader, accumulator, batch_size: int, progress) -> None:
     from alseg.strategies import softmax
 
+    # Batches come cropped to each image's valid (h, w), one run of equal sizes at a time; the
+    # accumulators sum per image, so padding never enters R̂_k or the held-out evaluation.
     for ids, logits, labels in pool.iter_batches(batch_size, with_labels=True):
         accumulator.update(softmax(logits, axis=1), labels)
         progress(len(ids))

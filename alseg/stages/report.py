@@ -706,15 +706,9 @@ def _fill_predictions(run: RoundRun, rows: list[dict[str, Any]]) -> None:
     risk: dict[str, np.ndarray] = {}
     if run.scores_path is not None:
         with ScoresReader(run.scores_path) as scores:
-            if "risk_maps" in scores.fh:
-                grp = scores.fh["risk_maps"]
-                ids = [x.decode() if isinstance(x, bytes) else str(x) for x in grp["ids"][:]]
-                wanted = {r["id"] for r in rows}
-                for i, image_id in enumerate(ids):
-                    if image_id in wanted:
-                        risk[image_id] = np.asarray(grp["maps"][i], dtype=np.float32)
+            risk = scores.risk_maps_by_id(r["id"] for r in rows)  # cropped to each image's size
     by_id = {r["id"]: r for r in rows}
-    with PoolReader(run.pool_path) as pool:
+    with PoolReader(run.pool_path) as pool:  # logits come cropped to each image's valid size
         for ids, logits, _ in pool.iter_batches(8, ids=[r["id"] for r in rows]):
             entropy = pixel_entropy(softmax(logits, axis=1))
             for b, image_id in enumerate(ids):

@@ -89,10 +89,10 @@ def score(
             embeddings["contextual-diversity-present"] = np.empty((n, k), dtype=bool)
             params["contextual-diversity"] = {"epsilon": 1e-8}
         if "badge" in names:
-            window = S.badge_window(k, h, w)
-            dim = k * (h // window) * (w // window)
-            embeddings["badge-logit"] = np.empty((n, dim), dtype=np.float32)
-            params["badge-logit"] = {"window": window, "target_dim": 400}
+            # one dimension for every image: window pooling for one image size, a fixed grid otherwise
+            badge = S.badge_logit_params(k, h, w, variable_size=pool.variable_size)
+            embeddings["badge-logit"] = np.empty((n, S.badge_logit_dim(k, h, w, badge)), dtype=np.float32)
+            params["badge-logit"] = badge
         kept: list[tuple[float, str, np.ndarray]] = []
         if calibration is not None:
             from alseg import crc as C
@@ -105,6 +105,7 @@ def score(
                              "calibration_sha256": sha256_file(calibration_path)}
         progress(0, total=n)
         row = 0
+        # iter_batches crops to each image's valid size (a batch of mixed sizes comes as several runs)
         for ids, logits, _ in pool.iter_batches(batch_size):
             b = len(ids)
             S.check_finite(logits, ids, what=f"logits in {pool_path}")
@@ -118,7 +119,7 @@ def score(
                 embeddings["contextual-diversity"][sl] = P
                 embeddings["contextual-diversity-present"][sl] = present
             if "badge" in names:
-                embeddings["badge-logit"][sl] = S.badge_logit_embedding(logits, window)
+                embeddings["badge-logit"][sl] = S.badge_logit_rows(logits, badge)
             if calibration is not None:
                 u, v, maps = C.crc_image_scores(probs, thresholds, t_min=t_min, return_risk_maps=save_risk_maps > 0)
                 scores["crc"][sl] = u
@@ -132,7 +133,8 @@ def score(
         pool_ids = list(pool.ids)
     risk_maps = None
     if save_risk_maps > 0 and calibration is not None:
-        risk_maps = ([t[1] for t in kept], np.stack([t[2] for t in kept]) if kept else np.zeros((0, h, w)))
+        # maps of different sizes are stored zero-padded with /risk_maps/sizes
+        risk_maps = ([t[1] for t in kept], [t[2] for t in kept] if kept else np.zeros((0, h, w)))
     write_scores(
         out_path, pool_ids, scores=scores, embeddings=embeddings, params=params, risk_maps=risk_maps,
         attrs={"pool_path": str(pool_path), "pool_sha256": sha256_file(pool_path)}, overwrite=overwrite,

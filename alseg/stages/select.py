@@ -152,16 +152,14 @@ class _Sources:
         from alseg import strategies as S
 
         with self.need_pool("strategy 'badge' without --scores") as pool:
+            # the same pooling as `score` (from the pool's largest size), so both give the same rows
             h, w = pool.shape
-            window = S.badge_window(pool.n_classes, h, w)
-            out = None
+            params = S.badge_logit_params(pool.n_classes, h, w, variable_size=pool.variable_size)
+            out = np.empty((len(ids), S.badge_logit_dim(pool.n_classes, h, w, params)), dtype=np.float32)
             row = 0
             for batch_ids, logits, _ in pool.iter_batches(self.batch_size, ids=ids):
                 S.check_finite(logits, batch_ids)
-                emb = S.badge_logit_embedding(logits, window)
-                if out is None:
-                    out = np.empty((len(ids), emb.shape[1]), dtype=np.float32)
-                out[row : row + len(batch_ids)] = emb
+                out[row : row + len(batch_ids)] = S.badge_logit_rows(logits, params)
                 row += len(batch_ids)
                 self.progress(len(batch_ids))
         return out
