@@ -2,7 +2,7 @@
 
 Erhan & Ure, "Reducing Annotation Effort in Semantic Segmentation Through Conformal Risk Controlled
 Active Learning", AI 2025, 6(10), 270; conformal risk control: Angelopoulos et al., ICLR 2024.
-The exact rules are in ALGORITHMS.md §9; the reference implementation's defects fixed here are in §10
+The exact rules are in docs/algorithms.md §9; the reference implementation's defects fixed here are in §10
 (exact CRC bound instead of ``α(n+1)/n - 1/(n+1)``; one histogram pass instead of K·1001 iterations per
 image; no N x N matrices in selection).
 
@@ -86,7 +86,7 @@ def _check_alpha(alpha: float) -> float:
 
 
 def crc_threshold(risk_curve: Any, n: int, alpha: float, grid: Any) -> float:
-    """Exact conformal risk control threshold (ALGORITHMS.md §9.1).
+    """Exact conformal risk control threshold (docs/algorithms.md §9.1).
 
     ``risk_curve`` (bins+1,) is R̂(t_j) on ``grid`` (non-decreasing, R̂(0) = 0). Returns the largest grid t
     with R̂(t) ≤ α - (1-α)/n, i.e. sup{t : n/(n+1) R̂(t) + 1/(n+1) ≤ α}. Returns 0.0 when n = 0 or the
@@ -155,7 +155,7 @@ class Calibration:
 
 
 class CalibrationAccumulator:
-    """Streaming CRC calibration (ALGORITHMS.md §9.1): one pass, one histogram per (image, class).
+    """Streaming CRC calibration (docs/algorithms.md §9.1): one pass, one histogram per (image, class).
 
     ``update(probs, labels)``: probs (n, K, H, W) float (numpy or torch), labels (n, H, W) int with
     ``ignore_index`` for unlabeled pixels. For each image i and class k present in its labels, the
@@ -365,7 +365,7 @@ def crc_image_scores(
     t_min: float = DEFAULT_T_MIN,
     return_risk_maps: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """CRC-AL image scores (ALGORITHMS.md §9.2). Higher u = more informative.
+    """CRC-AL image scores (docs/algorithms.md §9.2). Higher u = more informative.
 
     probs (n, K, H, W) float; thresholds (K,) calibrated t̂ (floored at ``t_min``). Returns
     u (n,) float64 = mean risk map, v (n, K*K) float32 = vec(D) row-major, and the risk maps
@@ -521,7 +521,7 @@ def top_diverse_k(
     device: str = "cpu",
     chunk_size: int = 16384,
 ) -> np.ndarray:
-    """Top-Diverse-K selection on the barycenter distance (ALGORITHMS.md §9.3). Returns ranked ids.
+    """Top-Diverse-K selection on the barycenter distance (docs/algorithms.md §9.3). Returns ranked ids.
 
     u (N,)/(M,) image scores ≥ 0, v (N, E)/(M, E) embeddings vec(D) of candidates and references
     (labeled images; M may be 0). D'_ij = (||v_i - v_j|| + ε)^τ · (u_j / (u_i + u_j + ε))^(1-τ) from

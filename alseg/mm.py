@@ -10,7 +10,7 @@ Feature taps (forward hooks, recorded in the pool file's embedding attrs):
 - ``penultimate``: the input of ``decode_head.conv_seg`` (the feature just before the final 1x1
   classifier; every mmseg ``BaseDecodeHead`` ends in ``cls_seg`` = dropout then ``conv_seg``), pooled.
 - ``badge``: the BADGE last-layer embedding from that same per-pixel feature and ``conv_seg``'s output
-  (ALGORITHMS.md section 8), computed per batch; nothing per-pixel outlives the batch.
+  (docs/algorithms.md section 8), computed per batch; nothing per-pixel outlives the batch.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in [
         Strategy("random", "uniform sample of the unlabeled ids (needs no model output)", "nothing", "random",
-                 reference="ALGORITHMS.md §1"),
+                 reference="docs/algorithms.md §1"),
         Strategy("entropy", "mean normalised pixel entropy", "logits", "top-k", scalar=True, scored=True,
                  reference="Lewis & Catlett 1994"),
         Strategy("margin", "mean 1 - (p1 - p2) over pixels", "logits", "top-k", scalar=True, scored=True,

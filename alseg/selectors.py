@@ -1,6 +1,6 @@
 """Pure selectors: scores or embeddings of the unlabeled pool in, ranked ids out.
 
-Spec ``spec/ALGORITHMS.md`` sections 1, 5, 6, 7 and 8. Rules shared by every selector:
+Spec ``docs/algorithms.md`` sections 1, 5, 6, 7 and 8. Rules shared by every selector:
 
 - Inputs are first put in canonical order (rows sorted by id), so the result never depends on the row
   order of the input; ties always break by id order.

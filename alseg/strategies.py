@@ -1,6 +1,6 @@
 """Pure scorers: logits in, per-pixel / per-image scores or embeddings out.
 
-Everything here follows ``spec/ALGORITHMS.md`` sections 2-4, 7 and 8. Functions are pure: no I/O, no
+Everything here follows ``docs/algorithms.md`` sections 2-4, 7 and 8. Functions are pure: no I/O, no
 printing, no globals, no in-place edits of their inputs. Arrays are numpy in and out (torch is used
 internally where it is the simplest vectorised tool); the one exception is
 :func:`badge_last_layer_embedding`, which runs inside model inference and takes and returns torch tensors.

@@ -1,4 +1,4 @@
-"""Slow, obvious reference implementations of the CRC-AL math (ALGORITHMS.md §9), for tests and benchmarks.
+"""Slow, obvious reference implementations of the CRC-AL math (docs/algorithms.md §9), for tests and benchmarks.
 
 Loops over images, classes, thresholds and pixels; N x N matrices for selection. Not for production.
 """

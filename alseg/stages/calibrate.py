@@ -1,4 +1,4 @@
-"""``alseg calibrate``: class-wise CRC thresholds for the per-image false-negative rate (ALGORITHMS.md §9.1).
+"""``alseg calibrate``: class-wise CRC thresholds for the per-image false-negative rate (docs/algorithms.md §9.1).
 
 Reads: a pool file written by ``infer --with-labels`` on a calibration set (and optionally a second one
 for ``--evaluate``). Writes: the calibration JSON (``alseg.files.calibration``) and its manifest.

@@ -1,4 +1,4 @@
-"""``alseg select``: choose ``budget`` unlabeled ids with a strategy (ALGORITHMS.md §1-9).
+"""``alseg select``: choose ``budget`` unlabeled ids with a strategy (docs/algorithms.md §1-9).
 
 Reads: the labeled id list, and depending on the strategy (see ``alseg.registry``) a pool file, a scores
 file, a calibration file or just a list of pool ids (``random``). Writes: the selected ids (rank order),
