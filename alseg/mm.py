@@ -150,6 +150,9 @@ def load_config(
             set_data_root(cfg[key].dataset, str(data_root))
     if batch_size is not None:
         cfg.train_dataloader.batch_size = int(batch_size)
+    if (max_iters is not None or val_interval is not None) and not cfg.get("train_cfg"):
+        raise InputError(f"{config_path}: the config has no train_cfg (add a schedule, e.g. mmseg's "
+                         "_base_/schedules/schedule_20k.py)")
     if max_iters is not None:
         old = cfg.train_cfg.get("max_iters")
         cfg.train_cfg.max_iters = int(max_iters)

@@ -7,14 +7,11 @@
 # or whole-model weights with `load_from = '/path/to/deeplabv3_r18-d8.pth'` (loaded with torch's safe
 # weights_only=True by alseg when it reads them itself).
 # Multi-GPU: switch norm_cfg to SyncBN (needs CUDA).
-_base_ = ['./_base_/alseg_demo_dataset.py', './_base_/models/deeplabv3_r18_d8.py']
+_base_ = ['./_base_/alseg_demo_dataset.py', './_base_/models/deeplabv3_r18_d8.py',
+          './_base_/schedules/sgd_20k.py']
 
 model = dict(decode_head=dict(num_classes={{_base_.num_classes}}), auxiliary_head=dict(num_classes={{_base_.num_classes}}))
 
 train_dataloader = dict(batch_size=8, num_workers=4, persistent_workers=True)
 val_dataloader = dict(num_workers=2)
 test_dataloader = val_dataloader
-optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=5e-4),
-                     clip_grad=None)
-param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=20000, by_epoch=False)]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=20000, val_interval=2000)

@@ -142,11 +142,11 @@ def tiny_config(path: Path, dataset_base: str, *, n_classes: int, scale=(64, 48)
                 slide: bool = False, train_dataset: str = "dict(pipeline=train_pipeline)") -> Path:
     """A config inheriting ``mmseg::_base_/datasets/<dataset_base>``: only pipelines, loaders' workers and the
     model are alseg's (a 4-channel UNet), as a user shrinks a stock config for a small machine."""
-    base = configs_root() / "_base_" / "gpu_schedule_20k.py"
+    bases = [str(configs_root() / "_base_" / "runtime.py"), str(configs_root() / "_base_" / "schedules" / "sgd_20k.py")]
     reduce = ", reduce_zero_label=True" if reduce_zero_label else ""
     test_cfg = "mode='slide', crop_size=(32, 32), stride=(24, 24)" if slide else "mode='whole'"
     text = (
-        f"_base_ = ['mmseg::_base_/datasets/{dataset_base}', {str(base)!r}]\n"
+        f"_base_ = ['mmseg::_base_/datasets/{dataset_base}', {bases[0]!r}, {bases[1]!r}]\n"
         + _MODEL.format(n_classes=n_classes, test_cfg=test_cfg)
         + _PIPELINES.format(reduce=reduce, scale=tuple(scale))
         + "train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False, "

@@ -103,6 +103,10 @@ def train(
         cfg_options=cfg_options,
     )
     cfg.randomness = dict(seed=int(seed), deterministic=False)
+    for key in ("train_cfg", "optim_wrapper", "train_dataloader"):
+        if not cfg.get(key):
+            raise InputError(f"{mm.find_config(config_path)}: the config has no {key}; alseg train needs a "
+                             "training schedule (e.g. inherit mmseg's _base_/schedules/schedule_20k.py)")
     from alseg import dataset as D
 
     # The labeled ids, found in the train split by mmseg's own dataset classes, through its train pipeline.

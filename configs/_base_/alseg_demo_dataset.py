@@ -4,6 +4,8 @@
 #   <data_root>/splits/{pool,val,calib,all}.txt  id lists, one id per line
 # The train split is the pool, val the validation split, and test every image (so `alseg infer` finds
 # calibration ids there). `alseg train --labeled L` trains on the ids of L, which must be train-split ids.
+_base_ = ['./runtime.py']
+
 dataset_type = 'BaseSegDataset'
 data_root = 'data/demo'
 class_names = ('background', 'road', 'building', 'tree', 'car', 'van', 'sign')
@@ -56,28 +58,3 @@ test_dataloader = dict(
 )
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
-
-# schedule: iteration based
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=400, val_interval=200)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
-
-# runtime
-default_scope = 'mmseg'
-env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-               dist_cfg=dict(backend='nccl'))
-vis_backends = [dict(type='LocalVisBackend')]
-visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
-log_processor = dict(by_epoch=False)
-log_level = 'WARNING'
-load_from = None
-resume = False
-default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=None,  # alseg saves <work_dir>/checkpoint.pth itself at the end
-    sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'),
-)
-randomness = dict(seed=0, deterministic=False)

@@ -7,7 +7,8 @@
 # to start from local ImageNet weights.
 _base_ = [
     'mmseg::_base_/datasets/cityscapes.py',
-    '../_base_/gpu_schedule_20k.py',
+    '../_base_/runtime.py',
+    '../_base_/schedules/sgd_20k.py',
     '../_base_/models/deeplabv3_r18_d8.py',
 ]
 crop_size = (512, 1024)

@@ -5,7 +5,8 @@
 # For the 10,582-image augmented set use voc/deeplabv3_r18_d8_aug (SegmentationClassAug, aug.txt).
 _base_ = [
     'mmseg::_base_/datasets/pascal_voc12.py',
-    '../_base_/gpu_schedule_20k.py',
+    '../_base_/runtime.py',
+    '../_base_/schedules/sgd_20k.py',
     '../_base_/models/deeplabv3_r18_d8.py',
 ]
 crop_size = (512, 512)

@@ -3,7 +3,8 @@
 # an id present in both is taken once, from the first (train.txt) dataset.
 _base_ = [
     'mmseg::_base_/datasets/pascal_voc12_aug.py',
-    '../_base_/gpu_schedule_20k.py',
+    '../_base_/runtime.py',
+    '../_base_/schedules/sgd_20k.py',
     '../_base_/models/deeplabv3_r18_d8.py',
 ]
 crop_size = (512, 512)

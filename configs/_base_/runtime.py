@@ -1,6 +1,7 @@
-# Runtime and a 20k-iteration SGD schedule shared by alseg's real-dataset configs (one GPU, BN).
+# Runtime shared by alseg's configs: mmseg scope, quiet logs, no checkpoint hook (alseg saves
+# <work_dir>/checkpoint.pth itself), iteration-based validation and test loops.
 default_scope = 'mmseg'
-env_cfg = dict(cudnn_benchmark=True, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
                dist_cfg=dict(backend='nccl'))
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
@@ -17,9 +18,5 @@ default_hooks = dict(
     visualization=dict(type='SegVisualizationHook'),
 )
 randomness = dict(seed=0, deterministic=False)
-optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=5e-4),
-                     clip_grad=None)
-param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=20000, by_epoch=False)]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=20000, val_interval=2000)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
