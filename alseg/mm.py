@@ -426,10 +426,22 @@ def mm_logs_to_stderr() -> None:
                 handler.setStream(sys.stderr)
 
 
-def make_train_hooks(progress: Callable[[int, int | None], None], total: int):
-    """``(progress_hook, metrics_hook)``: mmengine hooks that report iterations and record val metrics."""
+def make_train_hooks(progress: Callable[..., None], total: int):
+    """``(progress_hook, metrics_hook)``: mmengine hooks that report iterations and record val metrics.
+
+    After each iteration the progress hook calls ``progress(1, None)``; when ``progress`` takes keyword
+    arguments (``**info``) it also gets ``loss=`` the iteration's total training loss (mmengine hands the
+    parsed losses to ``after_train_iter`` as ``outputs``), so a two-argument hook keeps working.
+    """
     _init_mm()
+    import inspect
+
     from mmengine.hooks import Hook
+
+    try:
+        takes_info = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(progress).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+        takes_info = False
 
     class AlsegProgressHook(Hook):
         priority = "LOWEST"
@@ -438,7 +450,11 @@ def make_train_hooks(progress: Callable[[int, int | None], None], total: int):
             progress(0, total)
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-            progress(1, None)
+            loss = outputs.get("loss") if takes_info and isinstance(outputs, Mapping) else None
+            if loss is None:
+                progress(1, None)
+            else:
+                progress(1, None, loss=float(loss.item() if hasattr(loss, "item") else loss))
 
     class AlsegMetricsHook(Hook):
         priority = "LOWEST"

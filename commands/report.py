@@ -18,7 +18,8 @@ def main(
     exp_dir: Annotated[Path, typer.Argument(help="Experiment folder written by `alseg run` (holds experiment.toml).")],
     out_path: Annotated[
         Optional[Path],
-        typer.Option("--out", help="HTML file to write; the PNGs go to STEM_files/ beside it (default: EXP/report.html)."),
+        typer.Option("--out", help="HTML file to write; every figure goes as PNG and SVG to STEM_files/ beside it "
+                                   "(default: EXP/report.html)."),
     ] = None,
     gallery_round: Annotated[
         Optional[int],
@@ -31,13 +32,16 @@ def main(
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """Write a self-contained HTML report: learning curves, penalty matrix, per-round table, gallery, CRC-AL.
+    """Write a self-contained HTML report: does active learning pay? (AULC and paired differences to random
+    with 95% CIs over seeds, labels saved), learning curves, per-class IoU, penalty matrix, time per stage,
+    gallery, CRC-AL.
 
-    Reads: EXP/experiment.toml, EXP/seed-S/round-00 and EXP/seed-S/STRATEGY/round-NN (train/metrics.json,
-    manifests, selected.txt, pool.h5, scores.h5, crc.json), images and masks under data_root,
-    EXP/full/train/metrics.json. Writes: the HTML (figures embedded as PNG) and the same PNGs in
-    OUT_files/ beside it (report.html -> report_files/). Prints the HTML path on stdout (or the result
-    with --json) and a summary table on stderr.
+    Reads: EXP/experiment.toml (and the config and pool_ids it names), EXP/seed-S/round-00 and
+    EXP/seed-S/STRATEGY/round-NN (train/metrics.json, manifests, labeled.txt, selected.txt, pool.h5,
+    scores.h5, crc.json), images and masks under data_root, EXP/full/train/metrics.json. Writes: the HTML
+    (figures embedded as PNG, no scripts, nothing fetched) and every figure as PNG and SVG in OUT_files/
+    beside it (report.html -> report_files/). Prints the HTML path on stdout (or the result with --json)
+    and summary tables on stderr.
 
     Example: alseg report runs/demo --out runs/demo/report.html
     """
@@ -48,13 +52,13 @@ def main(
     with contextlib.ExitStack() as stack:
         bar = None
 
-        def hook(advance: int = 1, total: int | None = None) -> None:
+        def hook(advance: int = 1, total: int | None = None, **info) -> None:
             # The bar opens on the first report of progress, i.e. after the tree was read: a bad path
             # gives only the one error line.
             nonlocal bar
             if bar is None:
                 bar = stack.enter_context(progress_bar("report", quiet=quiet))
-            bar(advance, total)
+            bar(advance, total, **info)
 
         result = report(exp_dir, out_path=out_path, gallery_round=gallery_round, gallery_size=gallery_size,
                         overwrite=overwrite, progress=hook)
@@ -86,3 +90,16 @@ def _summary(result) -> None:
     err.print(table)
     if len(result.seeds) < 2:
         err.print("Φ needs ≥ 2 seeds (paired t-test over seeds).", markup=False)
+    if not result.aulc:
+        return
+    pays = Table(title="does active learning pay? AULC = mean mIoU over the budget; Δ vs random, paired by seed",
+                 title_justify="left")
+    for col in ("strategy", "AULC", "Δ vs random", "95% CI", "labels saved"):
+        pays.add_column(col, justify="left" if col in ("strategy", "labels saved") else "right")
+    saved = {x.strategy: x.text for x in result.labels_saved}
+    for row in result.aulc:
+        iv = row.diff_vs_random
+        ci = "—" if iv is None else ("n/a" if iv.n < 2 else f"[{iv.low:+.2f}, {iv.high:+.2f}]")
+        pays.add_row(row.strategy, f"{row.mean:.2f} ± {row.std:.2f}", "—" if iv is None else f"{iv.mean:+.2f}", ci,
+                     saved.get(row.strategy, "—"))
+    err.print(pays)

@@ -2,7 +2,8 @@
 
 The tree (docs/experiment.md): 3 seeds x 3 strategies (random, margin, crc), round-00 + 3 rounds,
 metrics.json, manifests with seconds, selected.txt / labeled.txt, an 8x8 data_root with classes.json,
-pool.h5 files (seed 0, round 3: margin and crc), a scores.h5 with one risk map and a crc.json (crc).
+pool.h5 files (seed 0, round 3: margin and crc), a scores.h5 with one risk map and a crc.json (crc), and
+a pool id list of the 16 ids (``pool_ids``, relative to the experiment folder).
 
 mIoU values are chosen through their paired differences (seeds 0, 1, 2), so the t statistics are simple:
   crc - margin    R1 [2,3,4]  R2 [1,1,1] (zero variance)  R3 [4,5,6]
@@ -49,8 +50,10 @@ SELECTED = {
 CLASSES = ["background", "road", "car"]
 PALETTE = [[20, 20, 20], [128, 64, 128], [0, 0, 200]]
 SECONDS = {"infer": 2.0, "score": 1.5, "calibrate": 0.25, "select": 0.5}
-HEADINGS = ["Summary", "Learning curves", "Penalty matrix", "Per-round table", "Gallery", "Class histogram",
-            "CRC-AL calibration"]
+HEADINGS = ["Summary", "Does active learning pay?", "Learning curves", "Per-class IoU", "Paired differences to random",
+            "Penalty matrix", "Per-round table", "Gallery", "Class histogram", "CRC-AL calibration"]
+FIGURES = ["learning_curves", "class_iou", "paired_diff", "penalty", "gallery_random", "gallery_margin", "gallery_crc",
+           "class_hist", "crc_thresholds", "crc_risk"]
 
 
 def _mask(i: int) -> np.ndarray:
@@ -92,9 +95,10 @@ def build_tree(root: Path, seeds=SEEDS, *, full: bool = True) -> Path:
 
     exp = root / "exp"
     exp.mkdir()
+    write_ids(exp / "pool.txt", IDS)
     (exp / "experiment.toml").write_text(
-        f'name = "fake"\ndata_root = "{data}"\nseeds = {list(seeds)}\nstrategies = {json.dumps(STRATEGIES)}\n',
-        encoding="utf-8")
+        f'name = "fake"\ndata_root = "{data}"\npool_ids = "pool.txt"\nseeds = {list(seeds)}\n'
+        f'strategies = {json.dumps(STRATEGIES)}\n', encoding="utf-8")
     for k, seed in enumerate(seeds):
         r0 = exp / f"seed-{seed}" / "round-00"
         _metrics(r0 / "train", ROUND0[k], N_LABELED[0])
@@ -301,9 +305,8 @@ def test_report_files(rendered):
     out, result = rendered
     files = out.parent / "report_files"
     names = sorted(p.name for p in files.iterdir())
-    assert names == sorted(["learning_curves.png", "penalty.png", "gallery_random.png", "gallery_margin.png",
-                            "gallery_crc.png", "class_hist.png", "crc_thresholds.png", "crc_risk.png"])
-    assert sorted(Path(p).name for p in result.png_paths) == names
+    assert names == sorted([f"{f}.{ext}" for f in FIGURES for ext in ("png", "svg")])  # every figure twice
+    assert sorted(Path(p).name for p in result.png_paths + result.svg_paths) == names
     assert result.gallery_round == 3
     assert "60.00" in out.read_text(encoding="utf-8")  # full supervision
 
@@ -345,11 +348,12 @@ def test_cli_writes_self_contained_html(tree, tmp_path):
     assert res.exit_code == 0, res.output
     assert res.stdout.strip() == str(out)
     assert "Φ" in res.stderr and "54.00 ± 1.73" in res.stderr  # the terminal summary, on stderr
+    assert "AULC" in res.stderr and "+4.50" in res.stderr  # crc's AULC difference to random (test_report_pays.py)
     text = out.read_text(encoding="utf-8")
     for heading in HEADINGS:
         assert f">{heading}</h2>" in text
     srcs = [s.split('"', 1)[0] for s in text.split('src="')[1:]]
-    assert len(srcs) == 8 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == len(FIGURES) and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "http" not in text and "<script" not in text and "<link" not in text
     for name in ("learning_curves.png", "penalty.png", "gallery_crc.png", "class_hist.png"):
         data = (tmp_path / "r" / "report_files" / name).read_bytes()

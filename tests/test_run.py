@@ -67,12 +67,13 @@ def uninterrupted(data, tmp_path_factory):
     from alseg.stages.run import run
 
     d = tmp_path_factory.mktemp("exp_a")
-    result = run(write_experiment(d, data), exp_dir=d / "exp")
-    return d / "exp", result
+    events = []
+    result = run(write_experiment(d, data), exp_dir=d / "exp", on_event=events.append)
+    return d / "exp", result, events
 
 
 def test_shared_round0_and_layout(uninterrupted):
-    exp, result = uninterrupted
+    exp, result, _ = uninterrupted
     seed = exp / "seed-0"
     assert (seed / "round-00" / "train" / "checkpoint.pth").is_file()
     assert len(read_ids(seed / "round-00" / "labeled.txt")) == 6
@@ -100,7 +101,7 @@ def test_resume_after_crash_reproduces_uninterrupted_run(uninterrupted, data, tm
     import alseg.stages.select as select_stage
     from alseg.stages.run import run
 
-    exp_a, _ = uninterrupted
+    exp_a, _, _ = uninterrupted
     exp_file = write_experiment(tmp_path, data)
     real_select = select_stage.select
     calls = {"n": 0}
@@ -123,7 +124,35 @@ def test_resume_after_crash_reproduces_uninterrupted_run(uninterrupted, data, tm
     ran = [(e.strategy, e.round, e.stage) for e in events if e.kind == "start"]
     assert ran == [("crc", 2, "select"), ("crc", 2, "train")]
     assert result.steps_reused > 0
+    # reused steps count as done: the overall count still runs 1..N, with N the same 26 steps
+    steps = [e.step for e in events if e.kind in ("start", "skip")]
+    assert steps == list(range(1, 27)) and result.steps_run + result.steps_reused == result.steps_planned == 26
     assert tree_files(tmp_path / "exp") == tree_files(exp_a)
+
+
+def test_planned_steps_equal_the_steps_a_real_run_emits(uninterrupted):
+    """N by hand for 1 seed, sizes [6, 10, 14] (2 rounds): round 0 select + train = 2; per round random
+    select + train = 2, margin infer + score + select + train = 4, crc infer (pool) + infer (calib) +
+    calibrate + score + select + train = 6 -> 2 + 2 * (2 + 4 + 6) = 26."""
+    _, result, events = uninterrupted
+    (plan,) = [e for e in events if e.kind == "plan"]
+    assert events[0] is plan and plan.total == len(plan.plan) == 26 == result.steps_planned
+    emitted = [e for e in events if e.kind in ("start", "skip")]
+    assert len(emitted) == result.steps_run == 26 and result.steps_reused == 0
+    assert [(e.seed, e.strategy, e.round, e.stage) for e in emitted] == plan.plan
+    assert [e.step for e in emitted] == list(range(1, 27)) and {e.n_steps for e in emitted} == {26}
+    done = [e for e in events if e.kind == "done"]
+    assert [e.step for e in done] == list(range(1, 27))
+
+
+def test_training_progress_carries_the_loss(uninterrupted):
+    _, _, events = uninterrupted
+    trains = {e.step for e in events if e.kind == "start" and e.stage == "train"}
+    assert len(trains) == 7  # round 0 and 3 strategies x 2 rounds
+    for step in trains:
+        losses = [e.info["loss"] for e in events if e.kind == "progress" and e.step == step and "loss" in e.info]
+        assert len(losses) == 3  # max_iters = 3: one loss per iteration
+        assert all(np.isfinite(v) and v > 0 for v in losses)  # cross-entropy of an untrained model
 
 
 def test_changed_input_invalidates_dependents(uninterrupted, data, tmp_path):

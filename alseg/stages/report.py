@@ -1,21 +1,31 @@
 """``alseg report``: one self-contained HTML report of an experiment tree (``docs/experiment.md``).
 
-Reads: ``EXP/experiment.toml``, every ``train/metrics.json``, the stage manifests (``*.manifest.json``,
-``train/manifest.json``) for the time per stage, ``selected.txt``, the gallery round's ``pool.h5`` /
-``scores.h5``, ``crc.json``, images and masks under ``data_root`` and ``data_root/classes.json``.
-Writes: ``<out>.html`` (figures embedded as base64 PNG data URIs, inline CSS, no scripts, no external
-resources) and the same PNGs in ``<out stem>_files/`` beside it.
+It answers "does active learning pay?": learning curves (mean ± std over seeds, full-supervision line,
+x in images and in % of the pool), per-class IoU curves, the area under the learning curve (AULC) and
+each strategy's paired difference to ``random`` with 95% confidence intervals over seeds, the labels a
+strategy saves to reach random's final mIoU, and the penalty matrix over seeds; then time per stage,
+a gallery of selected images, the class histogram of the selections and the CRC-AL calibration.
 
-Figures are drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas directly (no pyplot), so
-the report never changes matplotlib's global backend or state.
+Reads: ``EXP/experiment.toml`` (and the config it names, for the model in the header; the model is not
+built), its ``pool_ids`` list (pool size), every ``train/metrics.json``, the stage manifests
+(``*.manifest.json``, ``train/manifest.json``) for the time per stage, ``labeled.txt`` of round 0,
+``selected.txt``, the gallery round's ``pool.h5`` / ``scores.h5``, ``crc.json``, images and masks under
+``data_root`` and ``data_root/classes.json``.
+Writes: ``<out>.html`` (rendered from the Jinja2 template ``alseg/templates/report.html.j2`` with
+autoescape; figures embedded as base64 PNG data URIs, inline CSS, no scripts, no external resources)
+and every figure as PNG and SVG in ``<out stem>_files/`` beside it.
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas directly (no pyplot), in
+an ``rc_context`` with print-sized fonts (>= 11 pt at the figure's own size), so the report never
+changes matplotlib's global backend or state.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -24,9 +34,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from alseg import __version__, stats
 from alseg.files.jsonfile import read_versioned_json
 from alseg.stages import no_progress as _noop
-from alseg import stats
 from alseg.errors import InputError, OutputExistsError
 from alseg.files.atomic import atomic_path, write_text_atomic
 from alseg.files.idlist import read_ids
@@ -39,9 +49,16 @@ _ROUND_RE = re.compile(r"^round-(\d+)$")
 _SEED_RE = re.compile(r"^seed-(\d+)$")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
+BASELINE = "random"  # the strategy every other one is compared with (paired by seed)
+CONFIDENCE = 0.95
+MAX_CLASS_PANELS = 30  # per-class small multiples; more classes: the rarest this many
+
 SECTIONS = (
     ("summary", "Summary"),
+    ("pays", "Does active learning pay?"),
     ("curves", "Learning curves"),
+    ("per-class", "Per-class IoU"),
+    ("paired", "Paired differences to random"),
     ("penalty", "Penalty matrix"),
     ("table", "Per-round table"),
     ("gallery", "Gallery"),
@@ -69,6 +86,7 @@ class RoundRun:
     pool_path: Path | None = None
     scores_path: Path | None = None
     crc_path: Path | None = None
+    per_class_iou: dict[str, float | None] = field(default_factory=dict)  # percent; None: class not in val
 
 
 @dataclass
@@ -82,6 +100,9 @@ class Experiment:
     full_miou: float | None
     config: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    full_per_class_iou: dict[str, float | None] = field(default_factory=dict)
+    pool_size: int | None = None  # ids in the experiment's pool_ids list; None when it names none
+    iterations: int | None = None  # training iterations of round 0 (first seed), from its metrics.json
 
     @property
     def rounds(self) -> list[int]:
@@ -106,15 +127,37 @@ def _read_json(path: Path) -> Any:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
 
 
-def read_metrics(path: Path) -> tuple[float, int | None]:
-    """``(final mIoU in percent, n_labeled or None)`` from a ``train/metrics.json``."""
+@dataclass
+class Metrics:
+    """What the report uses of a ``train/metrics.json``."""
+
+    miou: float  # final mIoU, percent
+    n_labeled: int | None
+    per_class_iou: dict[str, float | None]  # final IoU per class, percent
+    iterations: int | None
+
+
+def read_metrics_detail(path: Path) -> Metrics:
     doc = read_versioned_json(path, METRICS_FORMAT, 1)
     try:
         miou = float(doc["final"]["mIoU"])
     except (KeyError, TypeError, ValueError):
         raise InputError(f"{path}: has no numeric final.mIoU") from None
-    n = doc.get("n_labeled")
-    return miou, (int(n) if n is not None else None)
+    per_class = doc["final"].get("per_class_iou") or {}
+    if not isinstance(per_class, dict):
+        raise InputError(f"{path}: final.per_class_iou must map class names to IoU")
+    try:
+        per_class = {str(k): (None if v is None else float(v)) for k, v in per_class.items()}
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: final.per_class_iou holds a value that is not a number") from None
+    n, it = doc.get("n_labeled"), doc.get("iterations")
+    return Metrics(miou, int(n) if n is not None else None, per_class, int(it) if it is not None else None)
+
+
+def read_metrics(path: Path) -> tuple[float, int | None]:
+    """``(final mIoU in percent, n_labeled or None)`` from a ``train/metrics.json``."""
+    m = read_metrics_detail(path)
+    return m.miou, m.n_labeled
 
 
 def _stage_seconds(round_dir: Path) -> dict[str, float]:
@@ -187,8 +230,8 @@ def collect(exp_dir: str | Path) -> Experiment:
         r0_metrics = r0_dir / "train" / "metrics.json"
         if not r0_metrics.is_file():
             raise InputError(f"{r0_metrics}: not found; round 0 of seed {seed} has not been trained")
-        miou0, n0 = read_metrics(r0_metrics)
-        n0 = _n_labeled(r0_dir, r0_metrics, n0)
+        m0 = read_metrics_detail(r0_metrics)
+        miou0, n0 = m0.miou, _n_labeled(r0_dir, r0_metrics, m0.n_labeled)
         secs0 = _stage_seconds(r0_dir)
         strategy_dirs = sorted(p for p in seed_dir.iterdir() if p.is_dir() and not _ROUND_RE.match(p.name))
         for sdir in strategy_dirs:
@@ -196,7 +239,8 @@ def collect(exp_dir: str | Path) -> Experiment:
             if not rounds:
                 continue
             found.add(sdir.name)
-            runs.append(RoundRun(seed, sdir.name, 0, n0, miou0, r0_dir, dict(secs0), []))
+            runs.append(RoundRun(seed, sdir.name, 0, n0, miou0, r0_dir, dict(secs0), [],
+                                 per_class_iou=dict(m0.per_class_iou)))
             for rd, rdir in rounds.items():
                 if rd == 0:
                     raise InputError(f"{rdir}: round 0 is shared; it belongs in {r0_dir}")
@@ -205,13 +249,14 @@ def collect(exp_dir: str | Path) -> Experiment:
                     warnings.append(f"{metrics} missing (round not finished?); round {rd} of {sdir.name}, "
                                     f"seed {seed} left out")
                     continue
-                miou, n = read_metrics(metrics)
+                m = read_metrics_detail(metrics)
                 runs.append(RoundRun(
-                    seed, sdir.name, rd, _n_labeled(rdir, metrics, n), miou, rdir, _stage_seconds(rdir),
+                    seed, sdir.name, rd, _n_labeled(rdir, metrics, m.n_labeled), m.miou, rdir, _stage_seconds(rdir),
                     read_ids(rdir / "selected.txt", allow_missing=True),
                     pool_path=(rdir / "pool.h5") if (rdir / "pool.h5").is_file() else None,
                     scores_path=(rdir / "scores.h5") if (rdir / "scores.h5").is_file() else None,
                     crc_path=(rdir / "crc.json") if (rdir / "crc.json").is_file() else None,
+                    per_class_iou=m.per_class_iou,
                 ))
     if not found:
         raise InputError(f"{seed_dirs[0][1]}: no strategy folders with round-NN/ inside; nothing to report")
@@ -219,15 +264,45 @@ def collect(exp_dir: str | Path) -> Experiment:
     order = {s: i for i, s in enumerate(strategies)}
     runs.sort(key=lambda r: (order[r.strategy], r.seed, r.round))
 
-    full_miou = None
+    full_miou, full_per_class = None, {}
     full_metrics = exp_dir / "full" / "train" / "metrics.json"
     if full_metrics.is_file():
-        full_miou = read_metrics(full_metrics)[0]
+        mf = read_metrics_detail(full_metrics)
+        full_miou, full_per_class = mf.miou, mf.per_class_iou
+    iterations = read_metrics_detail(seed_dirs[0][1] / "round-00" / "train" / "metrics.json").iterations
     return Experiment(
         exp_dir=exp_dir, name=str(config.get("name", exp_dir.name)), data_root=data_root,
         seeds=[s for s, _ in seed_dirs], strategies=strategies, runs=runs, full_miou=full_miou,
-        config=config, warnings=warnings,
+        config=config, warnings=warnings, full_per_class_iou=full_per_class,
+        pool_size=_pool_size(exp_dir, config, warnings), iterations=iterations,
     )
+
+
+def _pool_size(exp_dir: Path, config: dict[str, Any], warnings: list[str]) -> int | None:
+    """Number of ids in the experiment's pool (``pool_ids``; ``alseg run`` resolves it to EXP/pool.txt when
+    the experiment file names none)."""
+    value = config.get("pool_ids")
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_absolute():
+        path = (exp_dir / path).resolve()
+    if not path.is_file():
+        warnings.append(f"pool_ids {path} not found; the learning curves show no % of the pool")
+        return None
+    return len(read_ids(path))
+
+
+def pool_percent(n_labeled: Any, pool_size: int) -> Any:
+    """Labeled-set size as a percentage of the pool: ``100 * n / pool_size`` (arrays too)."""
+    return 100.0 * np.asarray(n_labeled, dtype=np.float64) / pool_size if np.ndim(n_labeled) else \
+        100.0 * float(n_labeled) / pool_size
+
+
+def pool_images(percent: Any, pool_size: int) -> Any:
+    """The inverse of :func:`pool_percent`."""
+    return np.asarray(percent, dtype=np.float64) * pool_size / 100.0 if np.ndim(percent) else \
+        float(percent) * pool_size / 100.0
 
 
 # ---------------------------------------------------------------------------------------------- result
@@ -242,6 +317,43 @@ class TableRow:
     miou_std: float
     n_seeds: int
     seconds: dict[str, float]  # mean over seeds, per stage
+
+
+@dataclass
+class AulcRow:
+    """One strategy's AULC (mean mIoU over the budget, percent) over seeds, and its paired difference to
+    random (``None`` for random itself or without random)."""
+
+    strategy: str
+    n_seeds: int
+    mean: float
+    std: float  # sample std (ddof = 1) over seeds; 0 with one seed
+    diff_vs_random: stats.Interval | None
+
+
+@dataclass
+class LabelsSaved:
+    """Where a strategy's mean curve first reaches random's final mean mIoU (linear between rounds)."""
+
+    strategy: str
+    target_miou: float  # random's final mean mIoU
+    random_n_labeled: float  # random's final labeled-set size
+    n_labeled: float | None  # None: not reached within the strategy's rounds
+    percent: float | None  # n_labeled as % of random_n_labeled
+    text: str
+
+
+@dataclass
+class ModelInfo:
+    """The model of the experiment, read from its config without building it."""
+
+    config: str | None  # shipped config name, else the file name
+    config_path: str | None
+    model_type: str | None = None
+    backbone: str | None = None
+    decode_head: str | None = None
+    n_classes: int | None = None
+    iterations: int | None = None  # training iterations per round
 
 
 @dataclass
@@ -260,9 +372,155 @@ class ReportResult:
     class_names: list[str] = field(default_factory=list)
     class_shares: dict[str, list[float]] = field(default_factory=dict)  # per strategy, share per class
     warnings: list[str] = field(default_factory=list)
+    svg_paths: list[str] = field(default_factory=list)
+    pool_size: int | None = None
+    model: ModelInfo | None = None
+    aulc: list[AulcRow] = field(default_factory=list)
+    paired: list[stats.PairedDiff] = field(default_factory=list)  # vs random, per round then AULC (round None)
+    labels_saved: list[LabelsSaved] = field(default_factory=list)
+    rarest_class: str | None = None
+    rarest_rule: str = ""
+    alseg_version: str = __version__
+
+
+# --------------------------------------------------------------------------------------------- analysis
+
+
+def _aulc_rows(records: list[stats.Record], strategies: list[str]) -> list[AulcRow]:
+    areas = stats.aulc_by_seed(records)
+    diffs = {d.strategy: d.diff for d in stats.paired_vs_baseline(records, BASELINE, CONFIDENCE) if d.round is None}
+    rows = []
+    for s in strategies:
+        values = np.array(list(areas.get(s, {}).values()), dtype=np.float64)
+        if not len(values):
+            continue
+        rows.append(AulcRow(s, len(values), float(values.mean()),
+                            float(values.std(ddof=1)) if len(values) >= 2 else 0.0, diffs.get(s)))
+    return rows
+
+
+def _fmt_images(n: float) -> str:
+    return f"{n:.1f}".rstrip("0").rstrip(".")
+
+
+def _labels_saved(curves: dict[str, stats.Curve]) -> list[LabelsSaved]:
+    """Per strategy, the labeled-set size where its mean curve reaches random's final mean mIoU."""
+    if BASELINE not in curves:
+        return []
+    base = curves[BASELINE]
+    target, budget = float(base.mean[-1]), float(base.n_labeled[-1])
+    out = []
+    for s, c in curves.items():
+        if s == BASELINE:
+            out.append(LabelsSaved(s, target, budget, budget, 100.0,
+                                   f"reference: {target:.1f} mIoU at {_fmt_images(budget)} images"))
+            continue
+        n = stats.labels_to_reach(c.n_labeled, c.mean, target)
+        if n is None:
+            text = (f"does not reach random's final {target:.1f} mIoU within {_fmt_images(c.n_labeled[-1])} "
+                    "images (not reached)")
+            out.append(LabelsSaved(s, target, budget, None, None, text))
+            continue
+        pct = 100.0 * n / budget
+        out.append(LabelsSaved(s, target, budget, n, pct,
+                               f"reaches random's final {target:.1f} mIoU at {_fmt_images(n)} images = "
+                               f"{pct:.0f}% of random's {_fmt_images(budget)}"))
+    return out
+
+
+def _model_info(exp: Experiment, warnings: list[str]) -> ModelInfo:
+    """Config name and model types from the experiment's config, read by mmengine (the model is not built)."""
+    value = exp.config.get("config")
+    iterations = exp.config.get("max_iters") or exp.iterations
+    if not value:
+        return ModelInfo(None, None, iterations=iterations)
+    path = Path(str(value))
+    if not path.is_absolute() and not str(value).startswith("mmseg::"):
+        path = (exp.exp_dir / path).resolve() if (exp.exp_dir / path).is_file() else Path(str(value))
+    name = path.stem
+    try:
+        from alseg import mm
+
+        found = mm.find_config(path)
+        try:
+            name = found.resolve().relative_to(mm.configs_root().resolve()).with_suffix("").as_posix()
+        except ValueError:
+            name = found.stem
+        cfg = mm.load_config(found, cfg_options=exp.config.get("cfg_options") or None)
+    except Exception as exc:  # a config that moved or no longer parses must not stop the report
+        warnings.append(f"config {value} could not be read ({type(exc).__name__}: {exc}); the header names no model")
+        return ModelInfo(name, str(value), iterations=iterations)
+    model = cfg.get("model") or {}
+
+    def type_of(part: Any) -> str | None:
+        if isinstance(part, (list, tuple)):  # cascade decode heads
+            return " + ".join(str(p.get("type")) for p in part)
+        return None if not part else str(part.get("type"))
+
+    head = model.get("decode_head")
+    n_classes = head.get("num_classes") if isinstance(head, dict) else None
+    if iterations is None and cfg.get("train_cfg"):
+        iterations = cfg.train_cfg.get("max_iters")
+    return ModelInfo(name, str(found), type_of(model) if model else None, type_of(model.get("backbone")),
+                     type_of(head), int(n_classes) if n_classes is not None else None,
+                     int(iterations) if iterations is not None else None)
+
+
+def _class_curves(exp: Experiment, names: list[str]) -> dict[str, dict[str, stats.Curve]]:
+    """``{class: {strategy: Curve}}`` of per-class IoU (mean ± std over seeds), through the same
+    :func:`stats.learning_curves` as mIoU; a run without that class's IoU (absent from val) is left out."""
+    out: dict[str, dict[str, stats.Curve]] = {}
+    for name in names:
+        records = [stats.Record(r.seed, r.strategy, r.round, r.n_labeled, r.per_class_iou[name])
+                   for r in exp.runs if r.per_class_iou.get(name) is not None]
+        if records:
+            out[name] = stats.learning_curves(records)
+    return out
+
+
+def _rarest_class(exp: Experiment, names: list[str], pixel_counts: np.ndarray | None,
+                  class_curves: dict[str, dict[str, stats.Curve]]) -> tuple[str | None, str]:
+    """The rarest class and the rule that picked it (said in the report).
+
+    First choice: the smallest pixel share in the round-0 labeled images (one random sample of the pool
+    per seed, the same for every strategy; ties: the first class), among the classes with an IoU in every
+    run (a class absent from the val images has no IoU, so no curve to read). Without masks: the lowest
+    full-supervision IoU; without that, the lowest final mean IoU of random (else the first strategy).
+    """
+    if pixel_counts is not None and pixel_counts.sum() > 0 and len(names) == len(pixel_counts):
+        shares = pixel_counts / pixel_counts.sum()
+        scored = [k for k, c in enumerate(names) if all(r.per_class_iou.get(c) is not None for r in exp.runs)]
+        candidates = scored or list(range(len(names)))
+        k = min(candidates, key=lambda j: (shares[j], j))
+        rule = (f"smallest pixel share in the round-0 labeled images of all seeds "
+                f"({100 * shares[k]:.2f}% of their labeled pixels)")
+        skipped = [names[j] for j in range(len(names)) if j not in candidates and shares[j] < shares[k]]
+        if skipped:
+            rule += f" among the classes with an IoU in every run (rarer, without: {', '.join(skipped)})"
+        return names[k], rule
+    full = {c: v for c, v in exp.full_per_class_iou.items() if v is not None}
+    if full:
+        c = min(full, key=full.get)
+        return c, f"lowest full-supervision IoU ({full[c]:.1f}); no masks to count pixels"
+    last: dict[str, float] = {}
+    for c, per in class_curves.items():
+        curve = per.get(BASELINE) or next(iter(per.values()))
+        last[c] = float(curve.mean[-1])
+    if last:
+        c = min(last, key=last.get)
+        return c, f"lowest final mean IoU ({last[c]:.1f}); no masks and no full-supervision run"
+    return None, "no per-class IoU in the metrics"
 
 
 # --------------------------------------------------------------------------------------------- drawing
+
+# Print-sized text: >= 11 pt at the figure's own size (the PNG shows at 100 dpi, 1 inch = 100 px).
+_RC = {
+    "font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "xtick.labelsize": 11, "ytick.labelsize": 11,
+    "legend.fontsize": 11, "legend.title_fontsize": 11, "figure.titlesize": 13,
+    "svg.hashsalt": "alseg",  # stable ids inside the SVGs: the same report twice gives the same files
+}
+SMALL = 11  # the smallest font size any figure uses
 
 
 class _Style:
@@ -286,9 +544,9 @@ def _new_figure(width: float, height: float):
     return fig
 
 
-def _png_bytes(fig) -> bytes:
+def _fig_bytes(fig, fmt: str) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format=fmt, dpi=100, metadata={"Date": None} if fmt == "svg" else None)
     return buf.getvalue()
 
 
@@ -375,28 +633,116 @@ def _upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return a[rows][:, cols]
 
 
+def _legend_right(ax) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
 def _fig_curves(exp: Experiment, curves: dict[str, stats.Curve], style: _Style):
-    fig = _new_figure(9.5, 4.8)
+    fig = _new_figure(9.0, 5.0)
     ax = fig.add_subplot()
     for s, c in curves.items():
         color = style.strategy_color[s]
         ax.plot(c.n_labeled, c.mean, marker="o", color=color, label=s)
-        ax.fill_between(c.n_labeled, c.mean - c.std, c.mean + c.std, color=color, alpha=0.18, linewidth=0)
+        ax.fill_between(c.n_labeled, np.clip(c.mean - c.std, 0, 100), np.clip(c.mean + c.std, 0, 100), color=color,
+                        alpha=0.18, linewidth=0)  # mIoU lives in [0, 100]
     if exp.full_miou is not None:
         ax.axhline(exp.full_miou, color="black", linestyle="--", linewidth=1.2,
                    label=f"full supervision ({exp.full_miou:.1f})")
     ax.set_xlabel("labeled images")
     ax.set_ylabel("mIoU (%)")
+    if exp.pool_size:
+        pool = exp.pool_size
+        top = ax.secondary_xaxis("top", functions=(lambda n: pool_percent(n, pool), lambda p: pool_images(p, pool)))
+        top.set_xlabel(f"% of the pool ({pool} images)")
     n = len(exp.seeds)
     ax.set_title(f"mIoU vs labeled images (mean ± std over {n} seed{'s' if n != 1 else ''})")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    _legend_right(ax)
+    return fig
+
+
+def _fig_class_curves(class_curves: dict[str, dict[str, stats.Curve]], shown: list[str], rarest: str | None,
+                      full: dict[str, float | None], style: _Style, missing: dict[str, str]):
+    """Small multiples: one panel per class, mean IoU over seeds per strategy (band: ± std). ``missing``:
+    a note per class whose IoU some runs lack (absent from the val images)."""
+    ncols = min(3, len(shown))
+    nrows = math.ceil(len(shown) / ncols)
+    fig = _new_figure(3.3 * ncols + 1.8, 2.7 * nrows + 0.6)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True)
+    for k, name in enumerate(shown):
+        ax = axes[k // ncols][k % ncols]
+        for s, c in class_curves[name].items():
+            color = style.strategy_color.get(s, "grey")
+            ax.plot(c.n_labeled, c.mean, marker="o", markersize=3.5, color=color, label=s)
+            ax.fill_between(c.n_labeled, np.clip(c.mean - c.std, 0, 100), np.clip(c.mean + c.std, 0, 100),
+                            color=color, alpha=0.12, linewidth=0)  # IoU lives in [0, 100]
+        if full.get(name) is not None:
+            ax.axhline(full[name], color="black", linestyle="--", linewidth=1.0, label="full supervision")
+        is_rarest = name == rarest
+        title = f"{name} (rarest)" if is_rarest else name
+        ax.set_title(title + (f"\n{missing[name]}" if name in missing else ""),
+                     color="firebrick" if is_rarest else "black", fontweight="bold" if is_rarest else "normal")
+        ax.grid(True, alpha=0.3)
+        if k % ncols == 0:
+            ax.set_ylabel("IoU (%)")
+        if k // ncols == nrows - 1 or k + ncols >= len(shown):
+            ax.set_xlabel("labeled images")
+            ax.tick_params(labelbottom=True)
+    for k in range(len(shown), nrows * ncols):
+        axes[k // ncols][k % ncols].set_visible(False)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", frameon=False)
+    fig.suptitle("IoU per class vs labeled images (mean ± std over seeds)")
+    return fig
+
+
+def _fig_paired(paired: list[stats.PairedDiff], style: _Style):
+    """Per round: strategy - random (same seed), mean and 95% CI."""
+    fig = _new_figure(9.0, 4.6)
+    ax = fig.add_subplot()
+    per = [d for d in paired if d.round is not None]
+    strategies = list(dict.fromkeys(d.strategy for d in per))
+    xs = sorted({d.n_labeled for d in per})
+    step = (min(np.diff(xs)) if len(xs) > 1 else 1.0) * 0.06
+    for i, s in enumerate(strategies):
+        mine = [d for d in per if d.strategy == s]
+        x = np.array([d.n_labeled for d in mine]) + (i - (len(strategies) - 1) / 2) * step
+        y = np.array([d.diff.mean for d in mine])
+        lo = np.array([d.diff.low for d in mine])
+        hi = np.array([d.diff.high for d in mine])
+        has_ci = np.isfinite(lo) & np.isfinite(hi)
+        yerr = np.vstack([np.where(has_ci, y - lo, 0), np.where(has_ci, hi - y, 0)])
+        ax.errorbar(x, y, yerr=yerr, marker="o", capsize=4, color=style.strategy_color[s], label=s)
+    # With few seeds an interval can be ten times the differences (t = 12.7 for 2 seeds): the view follows the
+    # means, and an interval running past it ends in an arrow (the table gives it in full).
+    means = np.array([d.diff.mean for d in per] + [0.0])
+    span = max(float(np.ptp(means)), 2.0)
+    ylo, yhi = means.min() - 1.5 * span, means.max() + 1.5 * span
+    bounds = np.array([[d.diff.low, d.diff.high] for d in per], dtype=np.float64)
+    finite = bounds[np.isfinite(bounds)]
+    if finite.size:
+        ylo, yhi = max(ylo, finite.min() - 0.1 * span), min(yhi, finite.max() + 0.1 * span)
+    ylo, yhi = min(ylo, means.min() - 0.1 * span), max(yhi, means.max() + 0.1 * span)
+    ax.set_ylim(ylo, yhi)
+    for i, s in enumerate(strategies):
+        for d in (d for d in per if d.strategy == s):
+            x = d.n_labeled + (i - (len(strategies) - 1) / 2) * step
+            if np.isfinite(d.diff.high) and d.diff.high > yhi:
+                ax.plot([x], [yhi], marker="^", color=style.strategy_color[s], markersize=9, clip_on=False)
+            if np.isfinite(d.diff.low) and d.diff.low < ylo:
+                ax.plot([x], [ylo], marker="v", color=style.strategy_color[s], markersize=9, clip_on=False)
+    ax.axhline(0, color="black", linewidth=1)
+    ax.set_xlabel("labeled images")
+    ax.set_ylabel(f"mIoU − {BASELINE} mIoU (points)")
+    ax.set_title(f"paired difference to {BASELINE} (same seed): mean and {100 * CONFIDENCE:.0f}% CI", pad=14)
+    ax.grid(True, alpha=0.3)
+    _legend_right(ax)
     return fig
 
 
 def _fig_penalty(pm: stats.PenaltyMatrix):
     s = len(pm.strategies)
-    fig = _new_figure(max(4.5, 1.1 * s + 2.5), max(3.5, 0.8 * (s + 1) + 1.6))
+    fig = _new_figure(max(5.0, 1.2 * s + 3.0), max(3.8, 0.8 * (s + 1) + 2.0))
     ax = fig.add_subplot()
     data = np.vstack([pm.P, pm.phi[None, :]])
     im = ax.imshow(data, cmap="Reds", vmin=0, vmax=1, aspect="auto")
@@ -412,16 +758,19 @@ def _fig_penalty(pm: stats.PenaltyMatrix):
     ax.set_yticks(range(s + 1), list(pm.strategies) + ["Φ (mean)"])
     ax.set_xlabel("j (beaten)")
     ax.set_ylabel("i (better)")
-    ax.set_title("share of rounds where i is significantly better than j")
-    fig.colorbar(im, ax=ax, shrink=0.8)
+    ax.set_title("share of rounds where i is\nsignificantly better than j (over seeds)")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="share of rounds")
     return fig
 
 
 def _fig_gallery(rows: list[dict[str, Any]], has_pool: bool, style: _Style, title: str):
-    cols = ["image", "prediction", "uncertainty", "ground truth"] if has_pool else ["image", "ground truth"]
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    cols = ["image", "ground truth", "prediction", "uncertainty"] if has_pool else ["image", "ground truth"]
     n = len(rows)
-    fig = _new_figure(2.3 * len(cols), 2.3 * n + 0.5)
-    fig.suptitle(title, fontsize=11)
+    fig = _new_figure(2.4 * len(cols) + (1.2 if has_pool else 0.4), 2.4 * n + 0.6)
+    fig.suptitle(title)
     axes = fig.subplots(n, len(cols), squeeze=False)
     for r, row in enumerate(rows):
         for c, col in enumerate(cols):
@@ -430,24 +779,27 @@ def _fig_gallery(rows: list[dict[str, Any]], has_pool: bool, style: _Style, titl
             ax.set_yticks([])
             if col == "image":
                 ax.imshow(row["image"], interpolation="nearest")
-                ax.set_ylabel(f"#{r + 1} {row['id']}", fontsize=8)
+                ax.set_ylabel(f"#{r + 1} {row['id']}", fontsize=SMALL)
             elif col == "prediction":
                 ax.imshow(_colorize(row["pred"], style.palette), interpolation="nearest")
-            elif col == "uncertainty":
-                ax.imshow(row["image"], interpolation="nearest")
-                ax.imshow(row["unc"], cmap="magma", vmin=0, vmax=1, alpha=0.65, interpolation="nearest")
-                ax.set_xlabel(row["unc_kind"], fontsize=8)
+            elif col == "uncertainty":  # opaque, so the colour bar reads the values directly
+                ax.imshow(row["unc"], cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+                ax.set_xlabel(row["unc_kind"], fontsize=SMALL)
             else:
                 ax.imshow(_colorize(row["gt"], style.palette), interpolation="nearest")
             if r == 0:
-                ax.set_title(col, fontsize=10)
+                ax.set_title(col)
+    if has_pool:  # one scale for the column: CRC risk maps and normalised entropy both lie in [0, 1]
+        fig.colorbar(ScalarMappable(Normalize(0, 1), "magma"), ax=[axes[r][-1] for r in range(n)],
+                     location="right", shrink=min(1.0, 2.0 / n) if n > 1 else 0.9, aspect=15,
+                     label="uncertainty (0 low, 1 high)")
     return fig
 
 
 def _fig_class_hist(shares: dict[str, np.ndarray], style: _Style):
     k = len(style.class_names)
     s = len(shares)
-    fig = _new_figure(max(8.0, 0.3 * k * max(s, 1) + 2), 4.2)
+    fig = _new_figure(max(8.0, 0.3 * k * max(s, 1) + 2.5), 4.6)
     ax = fig.add_subplot()
     width = 0.8 / max(s, 1)
     x = np.arange(k)
@@ -455,9 +807,9 @@ def _fig_class_hist(shares: dict[str, np.ndarray], style: _Style):
         ax.bar(x + (i - (s - 1) / 2) * width, share, width, label=name, color=style.strategy_color[name])
     ax.set_xticks(x, style.class_names, rotation=30 if k > 6 else 0, ha="right" if k > 6 else "center")
     ax.set_ylabel("share of labeled pixels")
-    ax.set_title("ground-truth pixels of the selected images (all rounds, all seeds)", fontsize=11)
+    ax.set_title("ground-truth pixels of the selected images (all rounds, all seeds)")
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    _legend_right(ax)
     return fig
 
 
@@ -466,22 +818,22 @@ def _fig_crc_thresholds(cal: dict[str, Any], style: _Style):
     k = len(names)
     t = np.asarray(cal["thresholds"], dtype=np.float64)
     unc = np.asarray(cal["uncalibrated"], dtype=bool)
-    fig = _new_figure(max(7.5, 0.7 * k + 3), 4.0)
+    fig = _new_figure(max(8.0, 0.8 * k + 3), 4.4)
     ax = fig.add_subplot()
     colors = [tuple(c / 255 for c in style.palette[i % len(style.palette)]) for i in range(k)]
     top = max(1.0, float(t.max(initial=0)) + 0.1)
     n_img = list(cal.get("n_images") or [None] * k)
     for i in np.flatnonzero(unc):  # a hatched column behind the (zero) threshold marks the class
         ax.bar(i, top, color="whitesmoke", edgecolor="firebrick", hatch="//", linewidth=0.8, zorder=0)
-        ax.text(i, 0.5 * top, f"uncalibrated\n(n = {n_img[i]})", ha="center", va="center", fontsize=8,
-                color="firebrick", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
+        ax.text(i, 0.5 * top, f"uncalibrated (n = {n_img[i]})", ha="center", va="center", fontsize=SMALL,
+                rotation=90, color="firebrick", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
     ax.bar(np.arange(k), t, color=colors, edgecolor="black", zorder=2)
     ax.axhline(float(cal["t_min"]), color="grey", linestyle=":", linewidth=1, label=f"t_min = {cal['t_min']}")
     ax.set_xticks(np.arange(k), names, rotation=30 if k > 6 else 0, ha="right" if k > 6 else "center")
     ax.set_ylim(0, top)
     ax.set_ylabel("threshold t̂_k")
     ax.set_title(f"CRC thresholds per class (α = {cal['alpha']}; hatched = uncalibrated)")
-    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    _legend_right(ax)
     return fig
 
 
@@ -490,7 +842,7 @@ def _fig_crc_risk(cal: dict[str, Any], style: _Style):
     grid = np.asarray(cal["grid"], dtype=np.float64)
     risk = np.asarray(cal["risk"], dtype=np.float64)
     unc = np.asarray(cal["uncalibrated"], dtype=bool)
-    fig = _new_figure(9.5, 4.6)
+    fig = _new_figure(9.5, 5.0)
     ax = fig.add_subplot()
     for i, name in enumerate(names):
         color = tuple(c / 255 for c in style.palette[i % len(style.palette)])
@@ -504,52 +856,66 @@ def _fig_crc_risk(cal: dict[str, Any], style: _Style):
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("empirical risk curves (dots: chosen thresholds)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, ncols=2 if len(names) > 12 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-              frameon=False)
+    ax.legend(ncols=2 if len(names) > 12 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
 
 # ---------------------------------------------------------------------------------------------- report
 
 
-def _esc(x: Any) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def _fmt_seconds(x: float) -> str:
-    return f"{x:.2f}" if x < 10 else f"{x:.1f}"
-
-
-def _legend_html(style: _Style) -> str:
-    """Palette swatches, so the prediction / ground-truth colours of the gallery can be read."""
-    items = "".join(
-        f'<span class="sw"><i style="background:rgb({r},{g},{b})"></i>{_esc(name)}</span>'
-        for name, (r, g, b) in zip(style.class_names, style.palette.tolist()))
-    return f'<p class="legend">{items}<span class="sw"><i style="background:#fff"></i>ignore</span></p>'
-
-
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def _img(data: bytes, alt: str) -> str:
-    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-_CSS = """
-body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:24px auto;max-width:1280px;
-color:#222;line-height:1.4;padding:0 16px}
-h1{border-bottom:2px solid #444;padding-bottom:4px}h2{margin-top:36px;border-bottom:1px solid #ccc}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}
-td.l,th.l{text-align:left}tr.phi td{font-weight:bold;background:#fafafa}
-img{max-width:100%;height:auto;border:1px solid #eee;margin:6px 0}
-.note{color:#555;font-size:13px}.warn{color:#a33}
-.gallery{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}.gallery figure{margin:0}
-figcaption{font-size:13px;font-weight:bold}
-.legend{font-size:13px}.sw{margin-right:14px;white-space:nowrap}
-.sw i{display:inline-block;width:12px;height:12px;border:1px solid #888;margin-right:4px;vertical-align:-1px}
-"""
+def _is_num(x: Any) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def _f_num(x: Any, digits: int = 2) -> str:
+    return f"{x:.{digits}f}" if _is_num(x) else "—"
+
+
+def _f_signed(x: Any, digits: int = 2) -> str:
+    return f"{x:+.{digits}f}" if _is_num(x) else "—"
+
+
+def _f_ci(iv: stats.Interval | None, digits: int = 2) -> str:
+    if iv is None:
+        return "—"
+    if iv.n < 2:
+        return "n/a"
+    return f"[{iv.low:+.{digits}f}, {iv.high:+.{digits}f}]"
+
+
+def _f_seconds(x: float) -> str:
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}"
+
+
+def _verdict(iv: stats.Interval | None) -> str:
+    if iv is None:
+        return ""
+    if iv.n < 2:
+        return "n/a (1 seed: no interval)"
+    if iv.low > 0:
+        return "better than random"
+    if iv.high < 0:
+        return "worse than random"
+    return "no significant difference"
+
+
+def render_html(context: dict[str, Any]) -> str:
+    """The report page from ``alseg/templates/report.html.j2`` (autoescape on: every value is escaped)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("alseg", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True)
+    env.filters.update(num=_f_num, signed=_f_signed, ci=_f_ci, seconds=_f_seconds, verdict=_verdict)
+    return env.get_template("report.html.j2").render(**context)
 
 
 def report(
@@ -561,11 +927,14 @@ def report(
     overwrite: bool = False,
     progress: Callable[..., None] = _noop,
 ) -> ReportResult:
-    """Write the HTML report of ``exp_dir`` to ``out_path`` and its PNGs to ``<out stem>_files/``.
+    """Write the HTML report of ``exp_dir`` to ``out_path`` and its figures (PNG and SVG) to
+    ``<out stem>_files/``.
 
     ``gallery_round``: the round whose selections the gallery shows (default: the last round of the
     first seed that has a ``pool.h5``); ``gallery_size``: top-ranked selected ids shown per strategy.
     """
+    from matplotlib import rc_context
+
     out_path = Path(out_path)
     files_dir = out_path.with_name(out_path.stem + "_files")
     if not overwrite:
@@ -581,12 +950,25 @@ def report(
     records = exp.records()
     curves = stats.learning_curves(records)
     pm = stats.penalty_matrix(records)
+    paired = stats.paired_vs_baseline(records, BASELINE, CONFIDENCE)
+    aulc_rows = _aulc_rows(records, exp.strategies)
+    saved = _labels_saved(curves)
+    model = _model_info(exp, warnings)
     names, palette, ignore = _class_info(exp, exp.runs)
+    if not names:  # no classes.json, pool file or calibration: the metrics name the classes
+        names = list(next((r.per_class_iou for r in exp.runs if r.per_class_iou), {}))
+        if names:
+            from matplotlib import colormaps
+
+            palette = np.array([[int(255 * c) for c in colormaps["tab20"](k % 20)[:3]] for k in range(len(names))],
+                               dtype=np.uint8)
     style = _Style(exp.strategies, names, palette)
     first_seed = exp.seeds[0]
     has_data = exp.data_root is not None and exp.data_root.is_dir()
     if not has_data:
         warnings.append(f"data_root {exp.data_root} not found; gallery and class histogram left out")
+    if BASELINE not in exp.strategies:
+        warnings.append(f"no '{BASELINE}' strategy: no paired differences, AULC differences or labels saved")
 
     # the gallery round
     selecting = [r for r in exp.runs if r.seed == first_seed and r.round >= 1]
@@ -604,20 +986,21 @@ def report(
         at_round = [r for r in crc_runs if r.round == gallery_round]
         crc_run = at_round[0] if at_round else max(crc_runs, key=lambda r: r.round)
 
-    n_steps = 4 + len(exp.strategies) + (2 if crc_run else 0)
+    has_paired = any(d.round is not None for d in paired)
+    n_steps = 5 + int(has_paired) + len(exp.strategies) + (2 if crc_run else 0)
     progress(0, total=n_steps)
     pngs: dict[str, bytes] = {}
+    svgs: dict[str, bytes] = {}
+    uris: dict[str, str] = {}
 
-    def draw(name: str, fig) -> bytes:
-        pngs[name] = _png_bytes(fig)
+    def draw(name: str, fig) -> str:
+        stem = name.removesuffix(".png")
+        pngs[name] = _fig_bytes(fig, "png")
+        svgs[stem + ".svg"] = _fig_bytes(fig, "svg")
+        uris[name] = _data_uri(pngs[name])
         progress(1)
-        return pngs[name]
+        return uris[name]
 
-    draw("learning_curves.png", _fig_curves(exp, curves, style))
-    draw("penalty.png", _fig_penalty(pm))
-
-    # gallery
-    gallery_html: list[str] = []
     mask_cache: dict[str, np.ndarray] = {}
 
     def mask(image_id: str) -> np.ndarray:
@@ -625,68 +1008,149 @@ def report(
             mask_cache[image_id] = _load_mask(exp.data_root, image_id)
         return mask_cache[image_id]
 
-    for strategy in exp.strategies:
-        run = exp.run(first_seed, strategy, gallery_round) if gallery_round is not None else None
-        if not has_data or run is None or not run.selected:
-            why = ("no data_root" if not has_data else
-                   f"no selection in round {gallery_round} of seed {first_seed}")
-            gallery_html.append(f'<p class="note">{_esc(strategy)}: {_esc(why)}.</p>')
-            progress(1)
-            continue
-        top = run.selected[:gallery_size]
-        rows = [{"id": i, "image": _load_image(exp.data_root, i), "gt": mask(i)} for i in top]
-        if run.pool_path is not None:
-            _fill_predictions(run, rows)
-        fname = f"gallery_{_safe_name(strategy)}.png"
-        title = f"{strategy}: top {len(top)} of round {gallery_round} (seed {first_seed})"
-        data = draw(fname, _fig_gallery(rows, run.pool_path is not None, style, title))
-        note = "" if run.pool_path is not None else " (no pool.h5: image and ground truth only)"
-        gallery_html.append(f"<figure><figcaption>{_esc(strategy)}{_esc(note)}</figcaption>"
-                            f"{_img(data, 'gallery ' + strategy)}</figure>")
+    def pixel_counts(ids: list[str]) -> np.ndarray:
+        counts = np.zeros(max(len(names), 1), dtype=np.int64)
+        for image_id in ids:
+            m = mask(image_id)
+            m = m[(m != ignore) & (m < len(counts))]
+            counts += np.bincount(m.ravel().astype(np.int64), minlength=len(counts))
+        return counts
 
-    # class histogram
+    # the rarest class: pixel share in the round-0 labeled sets (a random sample of the pool per seed)
+    round0_counts = None
+    if has_data and names:
+        round0_ids = sorted({i for seed in exp.seeds
+                             for i in read_ids(exp.exp_dir / f"seed-{seed}" / "round-00" / "labeled.txt",
+                                               allow_missing=True)})
+        try:
+            round0_counts = pixel_counts(round0_ids) if round0_ids else None
+        except InputError as exc:
+            warnings.append(f"round-0 masks unreadable ({exc}); the rarest class is picked by IoU instead")
+    class_curves = _class_curves(exp, names)
+    rarest, rarest_rule = _rarest_class(exp, names, round0_counts, class_curves)
+    shown = [c for c in names if c in class_curves]
+    if len(shown) > MAX_CLASS_PANELS and round0_counts is not None:
+        keep = set(np.argsort(round0_counts, kind="stable")[:MAX_CLASS_PANELS].tolist())
+        shown = [c for k, c in enumerate(names) if k in keep and c in class_curves]
+    shown = shown[:MAX_CLASS_PANELS]
+    if rarest is not None and rarest in class_curves and rarest not in shown:
+        shown = [rarest] + shown[:-1]
+
+    gallery: list[dict[str, Any]] = []
     shares: dict[str, np.ndarray] = {}
-    if has_data:
-        k = len(names)
-        for strategy in exp.strategies:
-            counts = np.zeros(max(k, 1), dtype=np.int64)
-            for r in exp.runs:
-                if r.strategy != strategy or r.round < 1:
-                    continue
-                for image_id in r.selected:
-                    m = mask(image_id)
-                    m = m[(m != ignore) & (m < len(counts))]
-                    counts += np.bincount(m.ravel().astype(np.int64), minlength=len(counts))
-            total = counts.sum()
-            shares[strategy] = counts / total if total else counts.astype(np.float64)
-        if not names:
-            style.class_names = [f"class {i}" for i in range(max(k, 1))]
-        draw("class_hist.png", _fig_class_hist(shares, style))
-    else:
-        progress(1)
-
     cal = None
-    if crc_run is not None:
-        from alseg.files.calibration import read_calibration
+    with rc_context(_RC):
+        draw("learning_curves.png", _fig_curves(exp, curves, style))
+        if shown:
+            trained = list({r.round_dir: r for r in exp.runs}.values())  # round 0 once per seed
+            have = {c: sum(r.per_class_iou.get(c) is not None for r in trained) for c in shown}
+            missing = {c: f"IoU in {k} of {len(trained)} trainings" for c, k in have.items() if k < len(trained)}
+            draw("class_iou.png", _fig_class_curves(class_curves, shown, rarest, exp.full_per_class_iou, style,
+                                                    missing))
+        else:
+            progress(1)
+        if has_paired:
+            draw("paired_diff.png", _fig_paired(paired, style))
+        draw("penalty.png", _fig_penalty(pm))
 
-        cal = read_calibration(crc_run.crc_path)
-        draw("crc_thresholds.png", _fig_crc_thresholds(cal, style))
-        if cal.get("grid") is not None and cal.get("risk") is not None:
-            draw("crc_risk.png", _fig_crc_risk(cal, style))
+        for strategy in exp.strategies:
+            run = exp.run(first_seed, strategy, gallery_round) if gallery_round is not None else None
+            if not has_data or run is None or not run.selected:
+                why = ("no data_root" if not has_data else
+                       f"no selection in round {gallery_round} of seed {first_seed}")
+                gallery.append({"strategy": strategy, "missing": why})
+                progress(1)
+                continue
+            top = run.selected[:gallery_size]
+            rows = [{"id": i, "image": _load_image(exp.data_root, i), "gt": mask(i)} for i in top]
+            if run.pool_path is not None:
+                _fill_predictions(run, rows)
+            title = f"{strategy}: top {len(top)} of round {gallery_round} (seed {first_seed})"
+            uri = draw(f"gallery_{_safe_name(strategy)}.png",
+                       _fig_gallery(rows, run.pool_path is not None, style, title))
+            gallery.append({"strategy": strategy, "uri": uri, "missing": None,
+                            "note": "" if run.pool_path is not None else " (no pool.h5: image and ground truth only)"})
+
+        if has_data:
+            for strategy in exp.strategies:
+                counts = pixel_counts([i for r in exp.runs if r.strategy == strategy and r.round >= 1
+                                       for i in r.selected])
+                total = counts.sum()
+                shares[strategy] = counts / total if total else counts.astype(np.float64)
+            if not names:
+                style.class_names = [f"class {i}" for i in range(max(len(names), 1))]
+            draw("class_hist.png", _fig_class_hist(shares, style))
         else:
             progress(1)
 
+        if crc_run is not None:
+            from alseg.files.calibration import read_calibration
+
+            cal = read_calibration(crc_run.crc_path)
+            draw("crc_thresholds.png", _fig_crc_thresholds(cal, style))
+            if cal.get("grid") is not None and cal.get("risk") is not None:
+                draw("crc_risk.png", _fig_crc_risk(cal, style))
+            else:
+                progress(1)
+
     table = _table_rows(exp, curves)
-    doc = _html(exp, pm, curves, table, pngs, gallery_html, gallery_round, first_seed, shares, style, cal,
-                crc_run, warnings)
+    stages = [s for s in STAGES if any(s in r.seconds for r in table)]
+    stages += sorted({k for r in table for k in r.seconds} - set(stages))
+    last = max(exp.rounds)
+    finals = {s: float(c.mean[-1]) for s, c in curves.items() if c.rounds[-1] == last}
+    best = max(finals, key=finals.get) if finals else None
+    per_round = [d for d in paired if d.round is not None]
+    paired_rounds = sorted({(d.round, d.n_labeled) for d in per_round})
+    paired_rows = [{"strategy": s,
+                    "cells": {d.round: d.diff for d in per_round if d.strategy == s},
+                    "aulc": next((d.diff for d in paired if d.strategy == s and d.round is None), None)}
+                   for s in dict.fromkeys(d.strategy for d in paired)]
+    context = {
+        "title": f"alseg report: {exp.name}",
+        "sections": SECTIONS,
+        "exp": exp,
+        "model": model,
+        "alseg_version": __version__,
+        "run_versions": sorted(_run_versions(exp)),
+        "last_round": last,
+        "sizes": [float(x) for x in next(iter(curves.values())).n_labeled] if curves else [],
+        "best": None if best is None else (best, finals[best]),
+        "lowest_phi": None if len(exp.seeds) < 2 or not pm.strategies else
+        (pm.strategies[int(np.argmin(pm.phi))], float(pm.phi.min())),
+        "warnings": warnings,
+        "baseline": BASELINE,
+        "confidence": CONFIDENCE,
+        "aulc": aulc_rows,
+        "saved": {x.strategy: x for x in saved},
+        "figures": uris,
+        "rarest": rarest,
+        "rarest_rule": rarest_rule,
+        "n_classes_shown": len(shown),
+        "n_classes": len(names),
+        "paired_rounds": paired_rounds,
+        "paired_rows": paired_rows,
+        "pm": pm,
+        "n_rounds_compared": int(pm.n_compared.max(initial=0)),
+        "table": table,
+        "stages": stages,
+        "gallery_round": gallery_round,
+        "first_seed": first_seed,
+        "gallery": gallery,
+        "legend": [(name, tuple(rgb)) for name, rgb in zip(style.class_names, style.palette.tolist())],
+        "class_names": list(style.class_names),
+        "shares": shares,
+        "crc": None if cal is None else _crc_context(cal, crc_run, exp),
+    }
+    doc = render_html(context)
 
     files_dir.mkdir(parents=True, exist_ok=True)
-    png_paths = []
-    for name, data in pngs.items():
-        path = files_dir / name
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(data)
-        png_paths.append(str(path))
+    png_paths, svg_paths = [], []
+    for blobs, paths in ((pngs, png_paths), (svgs, svg_paths)):
+        for name, data in blobs.items():
+            path = files_dir / name
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
+            paths.append(str(path))
     write_text_atomic(out_path, doc)
     progress(1)
     return ReportResult(
@@ -694,8 +1158,40 @@ def report(
         rounds=exp.rounds, table=table, penalty=pm.P.tolist(), phi=pm.phi.tolist(),
         rounds_compared=pm.n_compared.tolist(), full_supervision_miou=exp.full_miou,
         gallery_round=gallery_round, class_names=list(style.class_names),
-        class_shares={k: v.tolist() for k, v in shares.items()}, warnings=warnings,
+        class_shares={k: v.tolist() for k, v in shares.items()}, warnings=warnings, svg_paths=svg_paths,
+        pool_size=exp.pool_size, model=model, aulc=aulc_rows, paired=paired, labels_saved=saved,
+        rarest_class=rarest, rarest_rule=rarest_rule,
     )
+
+
+def _crc_context(cal: dict[str, Any], crc_run: RoundRun, exp: Experiment) -> dict[str, Any]:
+    """The calibration as the template shows it: one row per class, missing evaluation keys as None."""
+    path = crc_run.crc_path
+    k = len(cal["class_names"])
+    ev = cal.get("evaluation") or {}
+    fnr = ev.get("fnr") or [None] * k
+    held = ev.get("n_images") or [None] * k
+    return {
+        "path": path.relative_to(exp.exp_dir) if path.is_relative_to(exp.exp_dir) else path,
+        "alpha": cal["alpha"], "t_min": cal["t_min"], "evaluated": bool(ev),
+        "classes": [{"name": c, "uncalibrated": bool(cal["uncalibrated"][i]), "threshold": float(cal["thresholds"][i]),
+                     "n_images": cal["n_images"][i], "fnr": fnr[i], "n_held_out": held[i]}
+                    for i, c in enumerate(cal["class_names"])],
+        "coverage": ev.get("coverage"), "mean_set_size": ev.get("mean_set_size"),
+        "set_sizes": ev.get("set_size_counts") or ev.get("set_size_hist"),
+    }
+
+
+def _run_versions(exp: Experiment) -> set[str]:
+    """alseg versions recorded in the training manifests (the versions that ran the experiment)."""
+    versions = set()
+    for r in exp.runs:
+        path = r.round_dir / "train" / "manifest.json"
+        if path.is_file():
+            v = read_manifest(path).get("alseg_version")
+            if v:
+                versions.add(str(v))
+    return versions
 
 
 def _fill_predictions(run: RoundRun, rows: list[dict[str, Any]]) -> None:
@@ -731,132 +1227,3 @@ def _table_rows(exp: Experiment, curves: dict[str, stats.Curve]) -> list[TableRo
             rows.append(TableRow(strategy, int(rd), float(c.n_labeled[i]), float(c.mean[i]), float(c.std[i]),
                                  int(c.n_seeds[i]), seconds))
     return rows
-
-
-def _html(exp, pm, curves, table, pngs, gallery_html, gallery_round, first_seed, shares, style, cal, crc_run,
-          warnings) -> str:
-    h: list[str] = []
-    add = h.append
-    add(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>alseg report: {_esc(exp.name)}'
-        f"</title><style>{_CSS}</style></head><body>")
-    add(f"<h1>alseg report: {_esc(exp.name)}</h1>")
-    titles = dict(SECTIONS)
-
-    # summary
-    add(f'<h2 id="summary">{titles["summary"]}</h2><table>')
-    last = max(exp.rounds)
-    finals = {s: c.mean[-1] for s, c in curves.items() if c.rounds[-1] == last}
-    best = max(finals, key=finals.get) if finals else None
-    summary = [
-        ("experiment", exp.exp_dir), ("seeds", ", ".join(map(str, exp.seeds))),
-        ("strategies", ", ".join(exp.strategies)), ("rounds", f"0..{last} (round 0 shared per seed)"),
-        ("data root", exp.data_root),
-        ("full supervision mIoU", "—" if exp.full_miou is None else f"{exp.full_miou:.2f}"),
-        ("best at the last round", "—" if best is None else f"{best} ({finals[best]:.2f} mIoU)"),
-        ("lowest Φ (beaten least)", "—" if len(exp.seeds) < 2 else
-         f"{pm.strategies[int(np.argmin(pm.phi))]} (Φ = {pm.phi.min():.2f})"),
-    ]
-    for k, v in summary:
-        add(f'<tr><th class="l">{_esc(k)}</th><td class="l">{_esc(v)}</td></tr>')
-    add("</table>")
-    for w in warnings:
-        add(f'<p class="note warn">warning: {_esc(w)}</p>')
-
-    # curves
-    add(f'<h2 id="curves">{titles["curves"]}</h2>')
-    add(_img(pngs["learning_curves.png"], "learning curves"))
-    add('<p class="note">Bands: mean ± sample std (ddof = 1) over seeds; no band with one seed. '
-        + ("Dashed line: full supervision." if exp.full_miou is not None else "No full-supervision run "
-           "(EXP/full/train/metrics.json) was found.") + "</p>")
-
-    # penalty
-    add(f'<h2 id="penalty">{titles["penalty"]}</h2>')
-    if len(exp.seeds) < 2:
-        add('<p class="note warn">Significance needs ≥ 2 seeds: this experiment has '
-            f"{len(exp.seeds)} seed, so no round could be tested and the matrix is all zero.</p>")
-    add(_img(pngs["penalty.png"], "penalty matrix"))
-    add('<table><tr><th class="l">i \\ j</th>' + "".join(f"<th>{_esc(s)}</th>" for s in pm.strategies) + "</tr>")
-    for i, s in enumerate(pm.strategies):
-        cells = "".join(
-            "<td>—</td>" if i == j else f'<td title="{pm.n_compared[i, j]} rounds compared">{pm.P[i, j]:.2f}</td>'
-            for j in range(len(pm.strategies)))
-        add(f'<tr><th class="l">{_esc(s)}</th>{cells}</tr>')
-    add('<tr class="phi"><td class="l">Φ</td>' + "".join(f"<td>{v:.2f}</td>" for v in pm.phi) + "</tr></table>")
-    n_rounds = int(pm.n_compared.max(initial=0))
-    add(f'<p class="note">Cell (i, j): share of rounds R ≥ 1 ({n_rounds} compared) where strategy i is '
-        "significantly better than j (paired two-sided t-test over seeds, p &lt; 0.05, mean difference &gt; 0). "
-        "Φ: column means, how often a strategy is beaten; lower is better.</p>")
-
-    # table
-    add(f'<h2 id="table">{titles["table"]}</h2>')
-    stages = [s for s in STAGES if any(s in r.seconds for r in table)]
-    stages += sorted({k for r in table for k in r.seconds} - set(stages))
-    add('<table><tr><th class="l">strategy</th><th>round</th><th>labeled</th><th>mIoU (mean ± std)</th>'
-        "<th>seeds</th>" + "".join(f"<th>{_esc(s)} (s)</th>" for s in stages) + "</tr>")
-    for r in table:
-        secs = "".join(f"<td>{_fmt_seconds(r.seconds[s])}</td>" if s in r.seconds else "<td>—</td>"
-                       for s in stages)
-        add(f'<tr><td class="l">{_esc(r.strategy)}</td><td>{r.round}</td><td>{r.n_labeled:g}</td>'
-            f"<td>{r.miou_mean:.2f} ± {r.miou_std:.2f}</td><td>{r.n_seeds}</td>{secs}</tr>")
-    add('</table><p class="note">Time per stage: wall seconds from the manifests, mean over seeds; round 0 '
-        "is shared and shows its training time.</p>")
-
-    # gallery
-    add(f'<h2 id="gallery">{titles["gallery"]}</h2>')
-    if gallery_round is None:
-        add('<p class="note">No round with selections yet.</p>')
-    else:
-        add(f'<p class="note">Top selected images of round {gallery_round}, seed {first_seed}: image | '
-            "prediction of the selecting model | uncertainty overlay (CRC risk map where stored, else "
-            "normalised entropy, 0 dark to 1 bright) | ground truth.</p>")
-        add(_legend_html(style))
-    add('<div class="gallery">' + "".join(gallery_html) + "</div>")
-
-    # class histogram
-    add(f'<h2 id="classes">{titles["classes"]}</h2>')
-    if "class_hist.png" in pngs:
-        add(_img(pngs["class_hist.png"], "class histogram"))
-        add('<table><tr><th class="l">strategy</th>' + "".join(f"<th>{_esc(c)}</th>" for c in style.class_names)
-            + "</tr>")
-        for s, share in shares.items():
-            add(f'<tr><td class="l">{_esc(s)}</td>' + "".join(f"<td>{100 * v:.1f}%</td>" for v in share) + "</tr>")
-        add("</table>")
-    else:
-        add('<p class="note">No data_root: the masks needed for the class histogram are not available.</p>')
-
-    # crc
-    add(f'<h2 id="crc">{titles["crc"]}</h2>')
-    if cal is None:
-        add('<p class="note">No crc.json in this experiment (no CRC-AL strategy ran).</p>')
-    else:
-        rel = crc_run.crc_path.relative_to(exp.exp_dir) if crc_run.crc_path.is_relative_to(exp.exp_dir) \
-            else crc_run.crc_path
-        add(f'<p class="note">From {_esc(rel)} (α = {cal["alpha"]}, t_min = {cal["t_min"]}).</p>')
-        add(_img(pngs["crc_thresholds.png"], "CRC thresholds"))
-        if "crc_risk.png" in pngs:
-            add(_img(pngs["crc_risk.png"], "CRC risk curves"))
-        ev = cal.get("evaluation")
-        if ev:
-            fnr = ev.get("fnr") or [None] * len(cal["class_names"])
-            n_img = ev.get("n_images") or [None] * len(cal["class_names"])
-            add('<table><tr><th class="l">class</th><th>threshold</th><th>calibration images</th>'
-                "<th>held-out FNR</th><th>held-out images</th></tr>")
-            for i, c in enumerate(cal["class_names"]):
-                f = "—" if fnr[i] is None else f"{fnr[i]:.3f}"
-                flag = " (uncalibrated)" if cal["uncalibrated"][i] else ""
-                add(f'<tr><td class="l">{_esc(c)}{flag}</td><td>{float(cal["thresholds"][i]):.3f}</td>'
-                    f'<td>{cal["n_images"][i]}</td><td>{f}</td><td>{n_img[i] if n_img[i] is not None else "—"}'
-                    "</td></tr>")
-            add("</table>")
-            cov = ev.get("coverage")
-            sizes = ev.get("set_size_counts") or ev.get("set_size_hist")
-            line = f"Held-out pixel coverage: {'—' if cov is None else f'{100 * cov:.1f}%'}"
-            if ev.get("mean_set_size") is not None:
-                line += f"; mean prediction-set size {ev['mean_set_size']:.2f}"
-            if sizes:
-                line += "; set sizes 0..K: " + ", ".join(str(x) for x in sizes)
-            add(f'<p class="note">{_esc(line)}.</p>')
-        else:
-            add('<p class="note">No held-out evaluation in this calibration (calibrate --evaluate).</p>')
-    add("</body></html>\n")
-    return "\n".join(h)

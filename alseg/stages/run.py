@@ -26,9 +26,18 @@ from alseg.files.manifest import to_jsonable
 from alseg.registry import SCALAR_SCORES, get_strategy
 
 
+Step = tuple[int, "str | None", int, str]  # (seed, strategy, round, stage): one call of a stage function
+
+
 @dataclass
 class RunEvent:
-    """What the run is doing, for a live view. ``kind``: start, skip, done, progress, metric."""
+    """What the run is doing, for a live view. ``kind``: plan, start, skip, done, progress, metric.
+
+    ``plan`` comes first, once: ``plan`` lists every step the run will execute (:func:`plan_steps`) and
+    ``total`` is their number. ``start``/``skip``/``done``/``progress`` carry ``step``, the 1-based index of
+    the step in that list, and ``n_steps``; a skipped (reused) step counts as done. ``info`` holds what a
+    stage reports beside its progress (``loss`` while training).
+    """
 
     kind: str
     seed: int
@@ -40,6 +49,10 @@ class RunEvent:
     miou: float | None = None
     n_labeled: int | None = None
     seconds: float | None = None
+    step: int | None = None
+    n_steps: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    plan: list[Step] | None = None
 
 
 @dataclass
@@ -49,6 +62,7 @@ class RunResult:
     steps_run: int = 0
     steps_reused: int = 0
     seconds: float = 0.0
+    steps_planned: int = 0  # len(plan_steps(...)); steps_run + steps_reused equals it after a complete run
 
 
 def _record_path(output: Path) -> Path:
@@ -63,11 +77,15 @@ class _Runner:
     def __init__(self, exp: Experiment, exp_dir: Path, device: str, on_event: Callable[[RunEvent], None]):
         self.exp, self.exp_dir, self.device, self.on_event = exp, exp_dir, device, on_event
         self.result = RunResult(exp_dir=str(exp_dir))
+        self.n_steps = len(plan_steps(exp))
+        self.k = 0  # steps started or skipped so far
 
     def step(self, where: tuple[int, str | None, int], stage: str, output: Path, args: dict[str, Any],
              inputs: list[Path | None], fn: Callable[[Callable[..., None]], Any]) -> bool:
         """Run ``fn(progress)`` unless a matching record says ``output`` is already done. True if it ran."""
         seed, strategy, rnd = where
+        self.k += 1
+        at = {"step": self.k, "n_steps": self.n_steps}
         record = _record_path(output)
         key = {"stage": stage, "args": to_jsonable(args), "inputs": _digests(inputs)}
         # paths inside the tree are recorded relative to it, so a copied or moved tree still resumes
@@ -76,21 +94,22 @@ class _Runner:
             try:
                 if json.loads(record.read_text(encoding="utf-8")).get("key") == key:
                     self.result.steps_reused += 1
-                    self.on_event(RunEvent("skip", seed, strategy, rnd, stage))
+                    self.on_event(RunEvent("skip", seed, strategy, rnd, stage, **at))
                     return False
             except json.JSONDecodeError:
                 pass
-        self.on_event(RunEvent("start", seed, strategy, rnd, stage))
+        self.on_event(RunEvent("start", seed, strategy, rnd, stage, **at))
 
-        def progress(advance: int = 1, total: int | None = None) -> None:
-            self.on_event(RunEvent("progress", seed, strategy, rnd, stage, advance=advance, total=total))
+        def progress(advance: int = 1, total: int | None = None, **info: Any) -> None:
+            self.on_event(RunEvent("progress", seed, strategy, rnd, stage, advance=advance, total=total, info=info,
+                                   **at))
 
         t0 = time.perf_counter()
         fn(progress)
         seconds = time.perf_counter() - t0
         write_text_atomic(record, json.dumps({"key": key, "seconds": seconds}, indent=1) + "\n")
         self.result.steps_run += 1
-        self.on_event(RunEvent("done", seed, strategy, rnd, stage, seconds=seconds))
+        self.on_event(RunEvent("done", seed, strategy, rnd, stage, seconds=seconds, **at))
         return True
 
     # -- stages ----------------------------------------------------------------------------------------
@@ -198,6 +217,32 @@ class _Runner:
         self.train(where, labeled, d / "train")
 
 
+def _round_stages(strategy: str) -> list[str]:
+    """The stages ``_Runner.strategy_round`` calls for ``strategy``, in order (mirrors its conditions;
+    tests/test_run.py checks the plan against the events of a real run)."""
+    strat = get_strategy(strategy)
+    stages = ["infer"] if strat.needs != "nothing" else []
+    if strategy == "crc":
+        stages += ["infer", "calibrate"]  # the calibration split, then its calibration
+    if strat.scored or strategy == "stochastic-batches":
+        stages.append("score")
+    return stages + ["select", "train"]
+
+
+def plan_steps(exp: Experiment) -> list[Step]:
+    """Every step ``run`` executes (or reuses) for ``exp``, in order: per seed the shared round 0 (select,
+    train), then per strategy and round its stages; last the full-supervision training, if asked for."""
+    steps: list[Step] = []
+    for seed in exp.seeds:
+        steps += [(seed, None, 0, "select"), (seed, None, 0, "train")]
+        for strategy in exp.strategies:
+            for rnd in range(1, exp.rounds + 1):
+                steps += [(seed, strategy, rnd, stage) for stage in _round_stages(strategy)]
+    if exp.full_supervision:
+        steps.append((exp.seeds[0], "full", 0, "train"))
+    return steps
+
+
 def _resolve_ids(exp: Experiment, exp_dir: Path) -> None:
     """Without ``pool_ids``: the config's train split (``EXP/pool.txt``); with ``calib_size``: that many ids
     carved out of the pool once, by a fixed seed independent of the experiment's seeds (``EXP/calib.txt``)."""
@@ -259,6 +304,9 @@ def run(
             raise InputError(f"{exp.calib_ids}: {len(overlap)} calibration id(s) are also pool ids "
                              f"(e.g. {sorted(overlap)[0]!r}); keep the calibration split out of the pool")
     runner = _Runner(exp, exp_dir, device or exp.device, on_event)
+    plan = plan_steps(exp)
+    runner.result.steps_planned = len(plan)
+    on_event(RunEvent("plan", exp.seeds[0], None, 0, "plan", total=len(plan), n_steps=len(plan), plan=plan))
     for seed in exp.seeds:
         runner.round0(seed)
         for strategy in exp.strategies:
@@ -270,4 +318,4 @@ def run(
     return runner.result
 
 
-__all__ = ["RunEvent", "RunResult", "run", "seed_dir", "SCALAR_SCORES"]
+__all__ = ["RunEvent", "RunResult", "Step", "plan_steps", "run", "seed_dir", "SCALAR_SCORES"]
