@@ -10,10 +10,14 @@ Layout written under ``out_dir``::
     splits/all.txt          every id
     classes.json            class names, palette, ignore index
 
-Classes (index: name): 0 background, 1 road (horizontal stripes), 2 building (large rectangles with
-window columns), 3 tree (noisy ellipses), 4 car and 5 van (the two CONFUSABLE classes: small
-rectangles of nearly the same colour; vans are a little bluer and have darker window rows), 6 sign (the RARE class: a small bright ellipse in
-about 6% of the images). Everything is drawn with numpy from one ``np.random.Generator`` per image,
+Classes (index: name): 0 background, 1 road (horizontal band), 2 building (rectangles with window
+columns), 3 tree (noisy ellipses), 4 car and 5 van (the CONFUSABLE pair: the same red family; vans are
+longer, a little bluer and have dark window rows), 6 sign (the RARE class: a small bright disc).
+
+Scenes follow a long tail of types, so that selection matters the way it does on real data: many
+redundant easy "open road" scenes, fewer streets and parks, and rare "parking", "depot" and "crossing"
+scenes that hold most vans and every sign (``SCENES``). No strategy reads these labels: they only make
+informative images rare. Everything is drawn with numpy from one ``np.random.Generator`` per image,
 seeded by ``(seed, image index)``, so the same seed gives byte-identical files.
 """
 
@@ -37,7 +41,15 @@ PALETTE = (
 IGNORE_INDEX = 255
 RARE_CLASS = "sign"
 CONFUSABLE_CLASSES = ("car", "van")
-RARE_FRACTION = 0.06
+# scene type: (probability, what it holds); the long tail of the demo pool
+SCENES = {
+    "open-road": 0.40,  # background + a road band: redundant and easy
+    "street": 0.24,     # road, buildings, trees, a car
+    "park": 0.14,       # trees, maybe a car
+    "parking": 0.10,    # road and several cars and vans (the confusable pair side by side)
+    "depot": 0.07,      # buildings and vans
+    "crossing": 0.05,   # road, a car and the rare sign (one or two)
+}
 
 # mean RGB and per-pixel noise sigma of each class's texture
 _COLOURS = {
@@ -46,7 +58,7 @@ _COLOURS = {
     2: ((150, 122, 100), 9.0),
     3: ((40, 125, 40), 18.0),
     4: ((178, 58, 52), 12.0),
-    5: ((170, 60, 130), 12.0),  # van: car's shape and red, a blue tint and window rows tell them apart
+    5: ((150, 55, 175), 12.0),  # van: a car-like shape, violet where cars are red, longer, with window rows
     6: ((235, 220, 40), 8.0),
 }
 
@@ -80,33 +92,65 @@ def _rect(yy: np.ndarray, xx: np.ndarray, y0: int, x0: int, h: int, w: int) -> n
     return (yy >= y0) & (yy < y0 + h) & (xx >= x0) & (xx < x0 + w)
 
 
-def make_scene(rng: np.random.Generator, size: int, *, with_rare: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: ``(image (size,size,3) uint8 RGB, label (size,size) uint8)``."""
+def _draw_vehicle(label, yy, xx, rng, s: int, cls: int) -> None:
+    """A car (short) or a van (long) on the label map."""
+    h = int(rng.integers(max(3, s // 10), max(4, s // 7) + 1))
+    w = int(rng.integers(max(4, s // 7), max(5, s // 5) + 1)) if cls == 4 else int(
+        rng.integers(max(6, s // 4), max(7, s // 3) + 1))
+    y0, x0 = int(rng.integers(1, s - h - 1)), int(rng.integers(1, s - w - 1))
+    label[_rect(yy, xx, y0, x0, h, w)] = cls
+
+
+def make_scene(rng: np.random.Generator, size: int, *, scene: str) -> tuple[np.ndarray, np.ndarray]:
+    """One scene of type ``scene`` (see ``SCENES``): ``(image (size,size,3) uint8 RGB, label (size,size) uint8)``."""
     s = size
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     label = np.zeros((s, s), dtype=np.uint8)
-    if rng.random() < 0.7:  # road: a horizontal band
-        h = int(rng.integers(max(2, s // 8), max(3, s // 4) + 1))
+
+    def road() -> None:
+        h = int(rng.integers(max(3, s // 6), max(4, s // 3) + 1))
         y0 = int(rng.integers(s // 3, s - h))
         label[_rect(yy, xx, y0, 0, h, s)] = 1
-    for _ in range(int(rng.integers(0, 3))):  # buildings
-        h, w = (int(v) for v in rng.integers(s // 5, s // 2 + 1, size=2))
-        y0, x0 = int(rng.integers(0, s - h)), int(rng.integers(0, s - w))
-        label[_rect(yy, xx, y0, x0, h, w)] = 2
-    for _ in range(int(rng.integers(0, 4))):  # trees
-        cy, cx = rng.uniform(0, s, size=2)
-        ry, rx = rng.uniform(s / 14, s / 6, size=2)
-        label[_ellipse(yy, xx, cy, cx, ry, rx)] = 3
-    for cls in (4, 5):  # the two confusable vehicles, same shape family
-        for _ in range(int(rng.integers(0, 3))):
-            h = int(rng.integers(max(2, s // 12), max(3, s // 7) + 1))
-            w = int(rng.integers(max(3, s // 8), max(4, s // 5) + 1))
-            y0, x0 = int(rng.integers(0, s - h)), int(rng.integers(0, s - w))
-            label[_rect(yy, xx, y0, x0, h, w)] = cls
-    if with_rare:
-        r = rng.uniform(max(1.5, s / 32), max(2.0, s / 18))
-        cy, cx = rng.uniform(r + 1, s - r - 1, size=2)
-        label[_ellipse(yy, xx, cy, cx, r, r)] = 6
+
+    def buildings(n: int) -> None:
+        for _ in range(n):
+            h, w = (int(v) for v in rng.integers(s // 5, s // 2 + 1, size=2))
+            y0, x0 = int(rng.integers(0, s // 2)), int(rng.integers(0, s - w))
+            label[_rect(yy, xx, y0, x0, h, w)] = 2
+
+    def trees(n: int) -> None:
+        for _ in range(n):
+            cy, cx = rng.uniform(0, s, size=2)
+            ry, rx = rng.uniform(s / 12, s / 6, size=2)
+            label[_ellipse(yy, xx, cy, cx, ry, rx)] = 3
+
+    if scene == "open-road":
+        road()
+    elif scene == "street":
+        road(), buildings(int(rng.integers(1, 3))), trees(int(rng.integers(0, 3)))
+        for _ in range(int(rng.integers(1, 3))):
+            _draw_vehicle(label, yy, xx, rng, s, 4)
+    elif scene == "park":
+        trees(int(rng.integers(2, 5)))
+        if rng.random() < 0.5:
+            _draw_vehicle(label, yy, xx, rng, s, 4)
+    elif scene == "parking":
+        road()
+        for cls in rng.permutation([4, 4, 5, 5] + [int(rng.choice([4, 5]))]):
+            _draw_vehicle(label, yy, xx, rng, s, int(cls))
+    elif scene == "depot":
+        buildings(int(rng.integers(1, 3)))
+        for _ in range(int(rng.integers(2, 4))):
+            _draw_vehicle(label, yy, xx, rng, s, 5)
+    elif scene == "crossing":
+        road(), trees(int(rng.integers(0, 2)))
+        _draw_vehicle(label, yy, xx, rng, s, 4)
+        for _ in range(int(rng.integers(1, 3))):  # one or two signs, big enough to survive 3 poolings
+            r = rng.uniform(max(3.0, s / 9), max(3.5, s / 6))
+            cy, cx = rng.uniform(r + 1, s - r - 1, size=2)
+            label[_ellipse(yy, xx, cy, cx, r, r)] = 6
+    else:
+        raise ValueError(f"unknown scene type {scene!r}")
 
     image = np.empty((s, s, 3), dtype=np.float32)
     noise = rng.standard_normal((s, s, 3)).astype(np.float32)
@@ -117,7 +161,7 @@ def make_scene(rng: np.random.Generator, size: int, *, with_rare: bool) -> tuple
     windows = (label == 2) & ((xx.astype(np.int64) % 4) == 0)  # window columns on buildings
     image[windows] -= 35.0
     van_rows = (label == 5) & ((yy.astype(np.int64) % 3) == 1)  # a van's window rows
-    image[van_rows] -= 25.0
+    image[van_rows] -= 40.0
     image += rng.uniform(-12, 12)  # global brightness
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
@@ -137,11 +181,11 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 def make_demo_data(
     out_dir: str | os.PathLike,
     *,
-    n_images: int = 240,
-    size: int = 64,
+    n_images: int = 400,
+    size: int = 48,
     seed: int = 0,
-    n_val: int = 40,
-    n_calib: int = 40,
+    n_val: int = 60,
+    n_calib: int = 60,
     overwrite: bool = False,
 ) -> DemoData:
     """Write ``n_images`` synthetic scenes of ``size`` x ``size`` pixels to ``out_dir`` (see module doc).
@@ -167,13 +211,14 @@ def make_demo_data(
         (tmp / "splits").mkdir()
         split_rng = np.random.default_rng([seed, 1 << 20])
         ids = [f"img_{i:05d}" for i in range(n_images)]
-        n_rare = max(2, int(round(RARE_FRACTION * n_images))) if n_images >= 4 else 1
-        rare = set(split_rng.choice(n_images, size=min(n_rare, n_images), replace=False).tolist())
+        names = list(SCENES)
+        probs = np.asarray([SCENES[n] for n in names])
+        scenes = [names[k] for k in split_rng.choice(len(names), size=n_images, p=probs / probs.sum())]
         n_classes = len(CLASS_NAMES)
         image_counts = np.zeros(n_classes, np.int64)
         pixel_counts = np.zeros(n_classes, np.int64)
         for i, image_id in enumerate(ids):
-            image, label = make_scene(np.random.default_rng([seed, i]), size, with_rare=i in rare)
+            image, label = make_scene(np.random.default_rng([seed, i]), size, scene=scenes[i])
             _write_png(tmp / "img_dir" / f"{image_id}.png", image)
             _write_png(tmp / "ann_dir" / f"{image_id}.png", label)
             counts = np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=n_classes)

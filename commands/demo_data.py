@@ -15,10 +15,10 @@ from alseg.commands._options import Json, Overwrite, Seed
 @cli_errors
 def main(
     out: Annotated[Path, typer.Option("--out", help="Folder to create (mmseg custom layout: img_dir/, ann_dir/, splits/).")],
-    n_images: Annotated[int, typer.Option("--n-images", help="Number of images (pool + val + calib).")] = 240,
-    size: Annotated[int, typer.Option("--size", help="Image side in pixels (square images).")] = 64,
-    n_val: Annotated[int, typer.Option("--n-val", help="Images in splits/val.txt.")] = 40,
-    n_calib: Annotated[int, typer.Option("--n-calib", help="Images in splits/calib.txt.")] = 40,
+    n_images: Annotated[int, typer.Option("--n-images", help="Number of images (pool + val + calib).")] = 400,
+    size: Annotated[int, typer.Option("--size", help="Image side in pixels (square images).")] = 48,
+    n_val: Annotated[int, typer.Option("--n-val", help="Images in splits/val.txt.")] = 60,
+    n_calib: Annotated[int, typer.Option("--n-calib", help="Images in splits/calib.txt.")] = 60,
     seed: Seed = 0,
     overwrite: Overwrite = False,
     json: Json = False,
@@ -28,7 +28,7 @@ def main(
     Reads: nothing. Writes: OUT/img_dir/*.png, OUT/ann_dir/*.png (255 = ignore), OUT/splits/{pool,val,calib,all}.txt,
     OUT/classes.json.
 
-    Example: alseg demo-data --out data/demo --n-images 240 --size 64 --seed 0
+    Example: alseg demo-data --out data/demo --n-images 400 --size 48 --seed 0
     """
     from alseg.demo_data import make_demo_data
     from alseg.files.manifest import to_jsonable
