@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ class Experiment:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     device: str = "auto"
     max_iters: int | None = None
+    iters_per_image: float | None = None  # with max_iters: train max(max_iters, ceil(iters_per_image x labeled))
     batch_size: int | None = None
     infer_batch_size: int = 8
     full_supervision: bool = False
@@ -35,6 +37,16 @@ class Experiment:
     @property
     def rounds(self) -> int:
         return len(self.sizes) - 1
+
+    def iterations(self, n_labeled: int) -> int | None:
+        """Training iterations for a labeled set of ``n_labeled`` images (None: the config's own).
+
+        A fixed count trains larger labeled sets for fewer epochs; ``iters_per_image`` keeps the epochs
+        from falling as the set grows, with ``max_iters`` as the floor.
+        """
+        if self.iters_per_image is None:
+            return self.max_iters
+        return max(int(self.max_iters or 0), math.ceil(self.iters_per_image * n_labeled))
 
     def to_toml(self) -> str:
         def q(v: Any) -> str:
@@ -48,8 +60,8 @@ class Experiment:
 
         lines = [f"# resolved from {self.path}"]
         for key in ("name", "config", "data_root", "pool_ids", "val_ids", "calib_ids", "sizes", "seeds",
-                    "strategies", "device", "max_iters", "batch_size", "infer_batch_size", "full_supervision",
-                    "calib_size"):
+                    "strategies", "device", "max_iters", "iters_per_image", "batch_size", "infer_batch_size",
+                    "full_supervision", "calib_size"):
             value = getattr(self, key)
             if value is not None:
                 lines.append(f"{key} = {q(value)}")
@@ -74,6 +86,12 @@ def load_experiment(path: str | Path) -> Experiment:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: experiment file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, expected an experiment TOML file") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); save the experiment file as UTF-8") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML ({exc})") from None
     base = path.resolve().parent
@@ -88,8 +106,8 @@ def load_experiment(path: str | Path) -> Experiment:
         return None if value is None else (base / value).resolve()
 
     known = {"name", "config", "data_root", "pool_ids", "val_ids", "calib_ids", "initial", "budget", "rounds",
-             "sizes", "seeds", "strategies", "params", "device", "max_iters", "batch_size", "infer_batch_size",
-             "full_supervision", "calib_size", "cfg_options"}
+             "sizes", "seeds", "strategies", "params", "device", "max_iters", "iters_per_image", "batch_size",
+             "infer_batch_size", "full_supervision", "calib_size", "cfg_options"}
     required = ["config", "strategies"]
     required += [] if "sizes" in doc else ["initial", "budget", "rounds"]
     missing = [key for key in required if key not in doc]
@@ -98,18 +116,55 @@ def load_experiment(path: str | Path) -> Experiment:
     unknown = sorted(set(doc) - known)
     if unknown:
         raise InputError(f"{path}: unknown key(s) {', '.join(unknown)} (see docs/experiment.md)")
+
+    def typed(key: str, kinds: type | tuple[type, ...], what: str, default: Any = None, minimum: float | None = None):
+        """``doc[key]`` checked against ``kinds`` (a bool is no number here) and ``minimum``; one line if not."""
+        value = doc.get(key, default)
+        if value is None:
+            return None
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        ok = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+        if not ok or (minimum is not None and value < minimum):
+            raise InputError(f"{path}: {key} must be {what}, got {value!r}")
+        return value
+
+    def int_list(key: str, what: str) -> list[int] | None:
+        value = doc.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise InputError(f"{path}: {key} must be {what}, got {value!r}")
+        return value
+
     if "sizes" in doc:
-        sizes = [int(s) for s in doc["sizes"]]
+        sizes = int_list("sizes", "a list of labeled-set sizes, e.g. [16, 32, 48]")
     else:
-        initial, budget, rounds = int(need("initial")), int(need("budget")), int(need("rounds"))
+        initial = typed("initial", int, "a positive integer (images labeled in round 0)", minimum=1)
+        budget = typed("budget", int, "a positive integer (images selected per round)", minimum=1)
+        rounds = typed("rounds", int, "a positive integer", minimum=1)
         sizes = [initial + r * budget for r in range(rounds + 1)]
     if len(sizes) < 2 or sizes[0] < 1 or any(b <= a for a, b in zip(sizes, sizes[1:])):
         raise InputError(f"{path}: sizes must start at ≥ 1 and increase, got {sizes}")
-    strategies = [str(s) for s in need("strategies")]
+    strategies = doc["strategies"]
+    if not isinstance(strategies, list) or not strategies or not all(isinstance(x, str) for x in strategies):
+        raise InputError(f"{path}: strategies must be a list of names, e.g. [\"random\", \"margin\"]")
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad:
         raise InputError(f"{path}: unknown strategy {bad[0]!r}; choose from {', '.join(STRATEGIES)}")
-    params = {str(k): dict(v) for k, v in doc.get("params", {}).items()}
+    for key in ("name", "config", "data_root", "pool_ids", "val_ids", "calib_ids", "device"):
+        typed(key, str, "a string")
+    seeds = int_list("seeds", "a list of integer seeds, e.g. [0, 1, 2]") or [0]
+    max_iters = typed("max_iters", int, "a positive integer", minimum=1)
+    iters_per_image = typed("iters_per_image", (int, float), "a positive number", minimum=0)
+    if iters_per_image is not None and max_iters is None:
+        raise InputError(f"{path}: iters_per_image needs max_iters (the fewest iterations of any round)")
+    batch_size = typed("batch_size", int, "a positive integer", minimum=1)
+    infer_batch_size = typed("infer_batch_size", int, "a positive integer", default=8, minimum=1)
+    full_supervision = typed("full_supervision", bool, "true or false", default=False)
+    params_doc = doc.get("params", {})
+    if not isinstance(params_doc, dict) or not all(isinstance(v, dict) for v in params_doc.values()):
+        raise InputError(f"{path}: params must hold tables, e.g. [params.crc] then alpha = 0.1")
+    params = {str(k): dict(v) for k, v in params_doc.items()}
     for strategy, opts in params.items():
         allowed = SELECT_PARAMS | (CRC_PARAMS if strategy == "crc" else set())
         extra = sorted(set(opts) - allowed)
@@ -134,9 +189,9 @@ def load_experiment(path: str | Path) -> Experiment:
     exp = Experiment(
         path=path.resolve(), name=str(doc.get("name", path.stem)), config=config, data_root=p("data_root", False),
         pool_ids=p("pool_ids", False), val_ids=p("val_ids", False), calib_ids=p("calib_ids", False), sizes=sizes,
-        seeds=[int(s) for s in doc.get("seeds", [0])], strategies=strategies, params=params,
-        device=str(doc.get("device", "auto")), max_iters=doc.get("max_iters"), batch_size=doc.get("batch_size"),
-        infer_batch_size=int(doc.get("infer_batch_size", 8)), full_supervision=bool(doc.get("full_supervision", False)),
+        seeds=seeds, strategies=list(strategies), params=params, device=str(doc.get("device", "auto")),
+        max_iters=max_iters, iters_per_image=iters_per_image, batch_size=batch_size, infer_batch_size=infer_batch_size,
+        full_supervision=full_supervision,
         calib_size=calib_size, cfg_options=cfg_options,
     )
     for key in ("config", "data_root", "pool_ids", "val_ids", "calib_ids"):

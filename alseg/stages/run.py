@@ -118,12 +118,13 @@ class _Runner:
 
         exp, seed = self.exp, where[0]
         ckpt = work_dir / "checkpoint.pth"
-        args = {"config": exp.config, "labeled": labeled, "seed": seed, "max_iters": exp.max_iters,
+        max_iters = exp.iterations(len(read_ids(labeled)))
+        args = {"config": exp.config, "labeled": labeled, "seed": seed, "max_iters": max_iters,
                 "batch_size": exp.batch_size, "val_ids": exp.val_ids, "data_root": exp.data_root,
                 **({"cfg_options": exp.cfg_options} if exp.cfg_options else {})}
         self.step(where, "train", ckpt, args, [exp.config, labeled, exp.val_ids], lambda progress: train(
             exp.config, labeled_path=labeled, work_dir=work_dir, data_root=exp.data_root, val_ids_path=exp.val_ids,
-            device=self.device, seed=seed, max_iters=exp.max_iters, batch_size=exp.batch_size, overwrite=True,
+            device=self.device, seed=seed, max_iters=max_iters, batch_size=exp.batch_size, overwrite=True,
             cfg_options=exp.cfg_options, progress=progress))
         metrics = json.loads((work_dir / "metrics.json").read_text(encoding="utf-8"))
         miou = float(metrics["final"]["mIoU"])
