@@ -1,16 +1,13 @@
 """The mm* compatibility layer. Import this (``alseg.compat.ensure()``) before any mmseg import.
 
-It does three things:
+It does two things (checkpoint loading lives in :mod:`alseg.files.checkpoint`):
 
 1. With mmcv-lite (no compiled ``mmcv._ext``), ``import mmseg.models`` fails because mmseg imports
    ``mmcv.ops`` at module level. We register a stand-in ``mmcv.ops`` package that loads the pure-PyTorch
    ops (``point_sample`` and friends) from mmcv-lite's own source files, and answers every other name with
    a placeholder that raises :class:`~alseg.errors.CompiledOpsRequired` when used, naming the op and the
    fix. When the compiled mmcv is installed nothing is touched.
-2. :func:`load_trusted_checkpoint`: torch >= 2.6 loads with ``weights_only=True``, which rejects the
-   numpy objects in mmengine runner checkpoints. Checkpoints alseg wrote itself are loaded with
-   ``weights_only=False``; any other path keeps torch's safe default.
-3. Warning noise from mm* at import time is filtered (only ``warnings``, never errors).
+2. Warning noise from mm* at import time is filtered (only ``warnings``, never errors).
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from alseg.errors import CompiledOpsRequired, InputError
+from alseg.errors import CompiledOpsRequired
 
 FULL_OPS_FIX = "install the compiled mmcv with `install/setup.sh --full-ops` (builds mmcv 2.1.0, about 10 minutes)"
 
@@ -166,6 +163,9 @@ def ensure() -> str:
         return _state["mode"]
     quiet_mm_warnings()
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    # OpenCV (mmcv's image decoder) logs a WARN line for a truncated PNG before the error that alseg
+    # reports as one line; read before cv2 is first imported.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     mode = mmcv_ops_mode()
     if mode == "lite" and not getattr(sys.modules.get("mmcv.ops"), "is_alseg_standin", False):
         _install_ops_standin()
@@ -185,37 +185,3 @@ def import_mmseg() -> types.ModuleType:
 
         register_all_modules(init_default_scope=False)
     return mmseg
-
-
-def load_trusted_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint that alseg itself wrote (an mmengine runner checkpoint).
-
-    torch >= 2.6 defaults to ``weights_only=True``, which rejects the numpy objects mmengine stores in
-    ``meta``; alseg's own checkpoints are trusted, so they load with ``weights_only=False``. Never call
-    this on a file from elsewhere: use :func:`load_untrusted_checkpoint`.
-    """
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise InputError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
-
-
-def load_untrusted_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint from elsewhere (pretrained weights) with torch's safe ``weights_only=True``."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise InputError(
-            f"{path}: cannot load safely with weights_only=True ({type(exc).__name__}); "
-            "convert it to a plain state_dict or check where it came from"
-        ) from None

@@ -112,6 +112,9 @@ class Calibration:
     images containing class k. uncalibrated (K,) bool: n_k = 0 or α - (1-α)/n_k < 0. grid (bins+1,)
     float64: t_j = j/bins. risk (K, bins+1) float64: R̂_k(t_j); rows of classes with n_k = 0 are all
     zero (no data; read ``n_images`` before plotting them).
+
+    A calibrated class may get t̂_k = 0 (the bound forces every pixel into its set); it keeps that
+    threshold at query time (:meth:`query_thresholds`): only uncalibrated classes are floored.
     """
 
     alpha: float
@@ -126,6 +129,20 @@ class Calibration:
     def n_classes(self) -> int:
         return int(self.thresholds.shape[0])
 
+    @property
+    def calibrated(self) -> np.ndarray:
+        """(K,) bool: classes whose t̂_k carries the guarantee E[FNR_k] ≤ α."""
+        return ~self.uncalibrated
+
+    @property
+    def always_in_set(self) -> np.ndarray:
+        """(K,) bool: calibrated classes with t̂_k = 0, in every pixel's prediction set."""
+        return self.calibrated & (self.thresholds <= 0.0)
+
+    def query_thresholds(self, t_min: float = DEFAULT_T_MIN) -> np.ndarray:
+        """(K,) float64 thresholds to use at query time: :func:`effective_thresholds`."""
+        return effective_thresholds(self.thresholds, self.uncalibrated, t_min)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain Python types only (JSON-ready). The grid is implied by ``bins`` and not stored."""
         return {
@@ -134,6 +151,7 @@ class Calibration:
             "thresholds": [float(t) for t in self.thresholds],
             "n_images": [int(n) for n in self.n_images],
             "uncalibrated": [bool(b) for b in self.uncalibrated],
+            "calibrated": [bool(b) for b in self.calibrated],
             "risk": [[float(r) for r in row] for row in self.risk],
         }
 
@@ -224,21 +242,57 @@ class CalibrationAccumulator:
 # ------------------------------------------------------------------------------------------- evaluation
 
 
-def effective_thresholds(thresholds: Any, t_min: float = DEFAULT_T_MIN) -> np.ndarray:
-    """Query-time thresholds max(t̂_k, t_min), float64 (K,): an uncalibrated class (t̂ = 0) then does not
-    enter every pixel's prediction set."""
-    thresholds = np.asarray(thresholds, dtype=np.float64)
+def _check_thresholds(thresholds: Any) -> np.ndarray:
+    thresholds = np.asarray(_as_numpy(thresholds), dtype=np.float64)
     if thresholds.ndim != 1:
         raise InputError(f"thresholds must be 1-D (n_classes,), got shape {thresholds.shape}")
     if not np.isfinite(thresholds).all():
         raise NonFiniteError("thresholds hold NaN or inf; recalibrate")
-    return np.maximum(thresholds, float(t_min))
+    return thresholds
 
 
-def prediction_sets(probs: Any, thresholds: Any, *, t_min: float = DEFAULT_T_MIN) -> np.ndarray:
-    """C(u) = {k : p_k(u) >= max(t̂_k, t_min)} as a bool array (n, K, H, W)."""
+def effective_thresholds(thresholds: Any, uncalibrated: Any, t_min: float = DEFAULT_T_MIN) -> np.ndarray:
+    """Query-time thresholds (K,) float64 (docs/algorithms.md §9.1): a calibrated class keeps its t̂_k
+    exactly, even t̂_k = 0 (every pixel in its set; raising it would void E[FNR_k] ≤ α); an uncalibrated
+    class (``uncalibrated`` (K,) bool, too few calibration images, t̂ = 0) gets max(t̂_k, t_min), so it
+    does not enter every pixel's set. No FNR guarantee holds for uncalibrated classes."""
+    thresholds = _check_thresholds(thresholds)
+    uncalibrated = np.asarray(_as_numpy(uncalibrated))
+    if uncalibrated.shape != thresholds.shape or uncalibrated.dtype != bool:
+        raise InputError(
+            f"uncalibrated must be a bool array of shape {thresholds.shape} (one flag per class), "
+            f"got {uncalibrated.dtype} {uncalibrated.shape}"
+        )
+    t_min = float(t_min)
+    if not 0.0 <= t_min < 1.0:
+        raise InputError(f"t_min must lie in [0, 1), got {t_min}")
+    return np.where(uncalibrated, np.maximum(thresholds, t_min), thresholds)
+
+
+def _query_thresholds(thresholds: Any, uncalibrated: Any, t_min: float | None) -> np.ndarray:
+    """``thresholds`` as given (already the query-time ones), or :func:`effective_thresholds` when the
+    uncalibrated flags come with them. A ``t_min`` without flags is refused: the floor applies to
+    uncalibrated classes only, and flooring every class was a bug (it broke the guarantee)."""
+    if uncalibrated is None:
+        if t_min is not None:
+            raise InputError(
+                "t_min floors only uncalibrated classes: pass uncalibrated=(K,) bool with it, or pass the "
+                "calibration file's query_thresholds"
+            )
+        return _check_thresholds(thresholds)
+    return effective_thresholds(thresholds, uncalibrated, DEFAULT_T_MIN if t_min is None else t_min)
+
+
+def prediction_sets(
+    probs: Any, thresholds: Any, *, uncalibrated: Any = None, t_min: float | None = None
+) -> np.ndarray:
+    """C(u) = {k : p_k(u) >= t_k} as a bool array (n, K, H, W).
+
+    t_k = ``thresholds`` exactly (the calibration file's ``query_thresholds``), or, with ``uncalibrated``,
+    :func:`effective_thresholds` (t̂_k for calibrated classes, max(t̂_k, t_min) for uncalibrated ones).
+    """
     probs = _check_probs(probs)
-    thr = effective_thresholds(thresholds, t_min)
+    thr = _query_thresholds(thresholds, uncalibrated, t_min)
     if thr.shape[0] != probs.shape[1]:
         raise InputError(f"{thr.shape[0]} thresholds for probs with {probs.shape[1]} classes")
     # float32 p is promoted to float64 for the comparison (numpy 2 array-array promotion): exact.
@@ -246,9 +300,11 @@ def prediction_sets(probs: Any, thresholds: Any, *, t_min: float = DEFAULT_T_MIN
 
 
 class EvaluationAccumulator:
-    """Empirical CRC quality on labeled images, at the floored thresholds max(t̂_k, t_min).
+    """Empirical CRC quality on labeled images, at the query-time thresholds.
 
-    ``result()`` returns a JSON-ready dict:
+    ``thresholds`` are used exactly, or, with ``uncalibrated`` (K,) bool, as :func:`effective_thresholds`
+    makes them (only uncalibrated classes are floored at ``t_min``). ``result()`` returns a JSON-ready dict:
+    - ``thresholds``: the thresholds applied; ``t_min`` and ``uncalibrated`` (None when not given).
     - ``fnr``: per class, mean over images containing k of the fraction of class-k pixels not in their
       prediction set (None for classes in no image); ``n_images``: per class, those images.
     - ``coverage``: share of non-ignore pixels whose true label is in the set; ``n_pixels``: those pixels.
@@ -259,12 +315,14 @@ class EvaluationAccumulator:
         self,
         thresholds: Any,
         *,
-        t_min: float = DEFAULT_T_MIN,
+        uncalibrated: Any = None,
+        t_min: float | None = None,
         ignore_index: int = 255,
         n_classes: int | None = None,
     ) -> None:
-        self.thresholds = effective_thresholds(thresholds, t_min)
-        self.t_min = float(t_min)
+        self.thresholds = _query_thresholds(thresholds, uncalibrated, t_min)
+        self.uncalibrated = None if uncalibrated is None else np.asarray(_as_numpy(uncalibrated), dtype=bool)
+        self.t_min = None if uncalibrated is None else float(DEFAULT_T_MIN if t_min is None else t_min)
         k = self.thresholds.shape[0]
         if n_classes is not None and n_classes != k:
             raise InputError(f"n_classes = {n_classes} but {k} thresholds were given")
@@ -301,6 +359,7 @@ class EvaluationAccumulator:
         return {
             "thresholds": [float(t) for t in self.thresholds],
             "t_min": self.t_min,
+            "uncalibrated": None if self.uncalibrated is None else [bool(b) for b in self.uncalibrated],
             "fnr": fnr,
             "n_images": [int(n) for n in self.n_images],
             "coverage": float(self.n_covered / self.n_pixels) if self.n_pixels else None,
@@ -362,17 +421,20 @@ def crc_image_scores(
     probs: Any,
     thresholds: Any,
     *,
-    t_min: float = DEFAULT_T_MIN,
+    uncalibrated: Any = None,
+    t_min: float | None = None,
     return_risk_maps: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """CRC-AL image scores (docs/algorithms.md §9.2). Higher u = more informative.
 
-    probs (n, K, H, W) float; thresholds (K,) calibrated t̂ (floored at ``t_min``). Returns
+    probs (n, K, H, W) float; thresholds (K,) the query-time thresholds (the calibration file's
+    ``query_thresholds``), used exactly, or t̂ with ``uncalibrated``/``t_min`` as in
+    :func:`prediction_sets`. Returns
     u (n,) float64 = mean risk map, v (n, K*K) float32 = vec(D) row-major, and the risk maps
     (n, H, W) float32 when ``return_risk_maps`` (else None). Works on the whole batch at once
     (temporaries of n·K·H·W·8 bytes): callers choose n.
     """
-    sets = prediction_sets(probs, thresholds, t_min=t_min)
+    sets = prediction_sets(probs, thresholds, uncalibrated=uncalibrated, t_min=t_min)
     n, k = sets.shape[:2]
     d = cooccurrence(sets)
     w = confusion_weights(d)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Sequence
 
 from alseg.errors import InputError
@@ -32,8 +32,9 @@ SUBSET_TYPE = "AlsegSubset"
 
 def check_id(image_id: str, source: str) -> None:
     """Refuse an id that would leave the dataset's folders (absolute, ``..``, empty)."""
-    p = PurePosixPath(image_id.replace("\\", "/"))
-    if not image_id or p.is_absolute() or ".." in p.parts or (len(image_id) > 1 and image_id[1] == ":"):
+    from alseg.files.idlist import relative_id
+
+    if not relative_id(image_id):
         raise InputError(f"{source}: id {image_id!r} is not a relative path inside the dataset; refused")
 
 
@@ -253,7 +254,12 @@ def register_subset() -> str:
         def __getitem__(self, k: int):
             for _ in range(50):
                 leaf, idx = self.rows[k]
-                data = self.index.leaves[leaf].prepare_data(idx)
+                try:
+                    data = self.index.leaves[leaf].prepare_data(idx)
+                except Exception as exc:  # unreadable/truncated image or mask: one line naming the file
+                    info = self.index.leaves[leaf].get_data_info(idx)
+                    raise InputError(f"{_unreadable(info)}: cannot load labeled id {self.ids[k]!r} through the "
+                                     f"train pipeline ({type(exc).__name__}: {exc})") from None
                 if data is not None:
                     return data
                 k = int(self._rng.integers(len(self.rows)))
@@ -293,6 +299,25 @@ def test_pipeline(cfg, *, with_labels: bool) -> list[dict]:
     return steps
 
 
+def _unreadable(info: dict) -> str:
+    """The file of a sample that the pipeline failed on: its mask when the image decodes, else the image."""
+    from PIL import Image
+
+    mask = info.get("seg_map_path")
+    try:
+        with Image.open(info["img_path"]) as im:
+            im.load()
+    except Exception:
+        return str(info.get("img_path"))
+    if mask:
+        try:
+            with Image.open(mask) as im:
+                im.load()
+        except Exception:
+            return str(mask)
+    return str(info.get("img_path"))
+
+
 def test_loader(cfg, index: SplitIndex, ids: Sequence[str], *, with_labels: bool, batch_size: int,
                 num_workers: int = 0):
     """A torch DataLoader over ``ids`` (of ``index``) with the config's test pipeline; mmengine batches."""
@@ -311,7 +336,7 @@ def test_loader(cfg, index: SplitIndex, ids: Sequence[str], *, with_labels: bool
             try:
                 return pipeline(info)
             except Exception as exc:  # unreadable/truncated image or mask: one line naming the file
-                raise InputError(f"{info.get('img_path')}: cannot load id {ids[k]!r} through the test pipeline "
+                raise InputError(f"{_unreadable(info)}: cannot load id {ids[k]!r} through the test pipeline "
                                  f"({type(exc).__name__}: {exc})") from None
 
     return torch.utils.data.DataLoader(

@@ -195,6 +195,8 @@ def make_demo_data(
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: is a file; --out must be a folder to create")
     if n_images < 1 or size < 16:
         raise InputError(f"need n_images >= 1 and size >= 16 (got {n_images}, {size})")
     if n_val < 0 or n_calib < 0 or n_val + n_calib >= n_images:

@@ -16,6 +16,11 @@ class OutputExistsError(AlsegError):
     """An output exists and ``--overwrite`` was not given."""
 
 
+class OutputError(AlsegError):
+    """An output cannot be written: full disk, read-only folder, a folder in its place, another alseg
+    process writing it, or it is also an input."""
+
+
 class UnknownName(AlsegError):
     """An unknown strategy, selector, device or similar name."""
 

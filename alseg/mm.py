@@ -218,35 +218,43 @@ def model_config_sha256(cfg) -> str:
 # ---------------------------------------------------------------------------------------------- model
 
 
-def checkpoint_is_alseg(path: str | os.PathLike, sha256: str | None = None) -> bool:
-    """True when the ``train`` manifest beside ``path`` lists exactly this file (by sha256) as its output."""
-    from alseg.files.hdf5 import sha256_file
+def config_checkpoints(cfg) -> list[tuple[str, str]]:
+    """``(key, path)`` of every checkpoint the mmengine runner would load for this config: ``load_from`` and
+    every ``Pretrained`` ``init_cfg``/``pretrained`` in ``model``. URLs and other ``scheme://`` names included."""
+    found: list[tuple[str, str]] = []
 
-    path = Path(path)
-    manifest = path.parent / "manifest.json"
-    try:
-        doc = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if doc.get("format") != "alseg.manifest" or doc.get("stage") != "train":
-        return False
-    digest = sha256 or sha256_file(path)
-    return any(
-        Path(o.get("path", "")).name == path.name and o.get("sha256") == digest for o in doc.get("outputs", [])
-    )
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, Mapping):
+            if node.get("type") in ("Pretrained", "PretrainedInit") and isinstance(node.get("checkpoint"), str):
+                found.append((f"{key}.checkpoint", node["checkpoint"]))
+            for k, v in node.items():
+                if k == "pretrained" and isinstance(v, str):
+                    found.append((f"{key}.{k}", v))
+                else:
+                    walk(v, f"{key}.{k}")
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f"{key}[{i}]")
+
+    if cfg.get("load_from"):
+        found.append(("load_from", str(cfg.load_from)))
+    walk(cfg.get("model") or {}, "model")
+    return found
 
 
-def build_model(cfg, checkpoint_path: str | os.PathLike, device, *, checkpoint_sha256: str | None = None):
+def build_model(cfg, checkpoint_path: str | os.PathLike, device):
     """Build ``cfg.model``, load weights, move to ``device``, ``eval()``.
 
-    Checkpoints alseg's ``train`` wrote (its manifest lists the file's sha256) load with
-    :func:`~alseg.compat.load_trusted_checkpoint`; any other file with torch's safe loader.
+    Every checkpoint is read by :func:`alseg.files.checkpoint.read_checkpoint` (``torch.load(weights_only=True)``,
+    whoever wrote it); ``dataset_meta`` (class names, palette) comes from alseg's sidecar JSON or an mmengine
+    checkpoint's ``meta``.
     """
     _init_mm()
     from mmseg.registry import MODELS
 
-    from alseg.compat import load_trusted_checkpoint, load_untrusted_checkpoint
+    from alseg.files.checkpoint import read_checkpoint
 
+    ckpt = read_checkpoint(checkpoint_path)  # before building: a refused file fails fast
     model_cfg = cfg.model.copy()
     model_cfg.pretrained = None
     if model_cfg.get("backbone", {}).get("init_cfg") is not None:
@@ -259,12 +267,7 @@ def build_model(cfg, checkpoint_path: str | os.PathLike, device, *, checkpoint_s
         if exc.__class__.__name__ == "CompiledOpsRequired":
             raise
         raise InputError(f"cannot build the model of the config ({type(exc).__name__}: {exc})") from None
-    if checkpoint_is_alseg(checkpoint_path, checkpoint_sha256):
-        ckpt = load_trusted_checkpoint(checkpoint_path)
-    else:
-        ckpt = load_untrusted_checkpoint(checkpoint_path)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
-    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k[7:] if k.startswith("module.") else k: v for k, v in ckpt.state_dict.items()}
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("auxiliary_head.")]
     if missing or result.unexpected_keys:
@@ -273,10 +276,8 @@ def build_model(cfg, checkpoint_path: str | os.PathLike, device, *, checkpoint_s
             f"{checkpoint_path}: does not match the config's model "
             f"({len(missing)} missing, {len(result.unexpected_keys)} unexpected keys, e.g. {what[0]!r})"
         )
-    if isinstance(ckpt, dict) and "meta" in ckpt and isinstance(ckpt["meta"], dict):
-        meta = ckpt["meta"].get("dataset_meta")
-        if meta:
-            model.dataset_meta = meta
+    if ckpt.dataset_meta:
+        model.dataset_meta = ckpt.dataset_meta
     model.to(device)
     model.eval()
     return model

@@ -180,14 +180,14 @@ def aggregate(pixel_scores: np.ndarray, how: str = "mean", q: float = 10.0) -> n
         return flat.sum(axis=1)
     if how == "top-q":
         if not (0.0 < q <= 100.0):
-            raise InputError(f"top-q percentage must be in (0, 100], got {q}")
+            raise InputError(f"--q (the top-q percentage) must be in (0, 100], got {q}")
         n_pixels = flat.shape[1]
         # The small slack keeps e.g. q=10 on 100 pixels at exactly 10 despite float rounding.
         k = max(1, int(math.floor(q / 100.0 * n_pixels + 1e-9)))
         k = min(k, n_pixels)
         top = np.partition(flat, n_pixels - k, axis=1)[:, n_pixels - k :]
         return top.mean(axis=1)
-    raise UnknownName(f"unknown aggregation {how!r}; choose one of: {', '.join(AGGREGATIONS)}")
+    raise UnknownName(f"--aggregation: unknown {how!r}; choose one of: {', '.join(AGGREGATIONS)}")
 
 
 def image_scores(
@@ -205,7 +205,7 @@ def image_scores(
     """
     pixel_scorer = get_pixel_scorer(scorer)
     if aggregation not in AGGREGATIONS:
-        raise UnknownName(f"unknown aggregation {aggregation!r}; choose one of: {', '.join(AGGREGATIONS)}")
+        raise UnknownName(f"--aggregation: unknown {aggregation!r}; choose one of: {', '.join(AGGREGATIONS)}")
     x = np.asarray(logits)
     if x.ndim != 4:
         raise InputError(f"logits must have shape (N, K, H, W), got shape {x.shape}")

@@ -73,6 +73,27 @@ def expand_cfg_options(argv: list[str]) -> list[str]:
 
 def main() -> None:
     """The ``alseg`` entry point."""
+    import signal
     import sys
 
-    app(args=expand_cfg_options(sys.argv[1:]), prog_name="alseg")
+    # Past `ulimit -f` the kernel would kill the process with SIGXFSZ mid-write; ignored, the write fails
+    # with EFBIG instead, which the stage reports as one line naming the file.
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    from typer import Abort
+
+    try:
+        code = app(args=expand_cfg_options(sys.argv[1:]), prog_name="alseg", standalone_mode=False)
+    except Abort:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        # Click's usage errors (typer vendors click, so they are matched by shape): its framed panel is
+        # several lines; alseg's errors are one line, naming the command and where to read more.
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "alseg"
+        print(f"error: {command}: {exc.format_message()} (see `{command} --help`)", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

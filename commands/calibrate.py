@@ -21,7 +21,9 @@ def main(
     out_path: Annotated[Path, typer.Option("--out", help="Calibration JSON to write.")],
     alpha: Annotated[float, typer.Option(help="Risk level: the per-class false-negative rate to control.")] = 0.05,
     bins: Annotated[int, typer.Option(help="Threshold grid resolution (t = j/bins).")] = 1000,
-    t_min: Annotated[float, typer.Option(help="Floor applied to every threshold at query time.")] = 0.001,
+    t_min: Annotated[float, typer.Option(help=(
+        "Query-time threshold of the classes too rare in the calibration pool to calibrate (they carry no FNR "
+        "guarantee); calibrated classes keep their own threshold, 0 included."))] = 0.001,
     train_ids: Annotated[Optional[Path], typer.Option(
         help="Ids the model was trained on, to warn about overlap (default: from the checkpoint's train manifest).")] = None,
     evaluate: Annotated[Optional[Path], typer.Option(

@@ -20,7 +20,8 @@ def main(
     out: Annotated[Path, typer.Option("--out", help="Pool file to write (HDF5, alseg.pool).")],
     data_root: DataRoot = None,
     split: Annotated[str, typer.Option("--split", help=SPLIT_HELP)] = "auto",
-    with_labels: Annotated[bool, typer.Option("--with-labels", help="Also store the masks, nearest-resized to the logits (255 = ignore).")] = False,
+    with_labels: Annotated[bool, typer.Option("--with-labels", help=(
+        "Also store the masks on the logits' grid: each logit cell takes the label at its centre (255 = ignore)."))] = False,
     embeddings: Annotated[
         str, typer.Option("--embeddings", help="Comma-separated embeddings to store: bottleneck, penultimate, badge (default: none).")
     ] = "",
@@ -30,7 +31,7 @@ def main(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
     device: Device = "auto",
     cfg_options: CfgOptions = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT.partial, skipping ids already written.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted (killed) run from the batches it finished in OUT.partial/; refused if the config, checkpoint, id list or options differ.")] = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     json: Json = False,

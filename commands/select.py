@@ -41,7 +41,7 @@ def main(
     aggregation: Annotated[str, typer.Option(help="Pixel reduction when scoring on the fly: mean, sum, top-q.")] = "mean",
     q: Annotated[float, typer.Option(help="Percent of pixels for --aggregation top-q.")] = 10.0,
     device: Device = "auto",
-    update: Annotated[bool, typer.Option(help="Also append the selection to --labeled (atomically).")] = False,
+    update: Annotated[bool, typer.Option(help="Also append the selection to --labeled: all or nothing (on failure neither --out nor --labeled changes).")] = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     json: Json = False,

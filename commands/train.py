@@ -16,7 +16,7 @@ from alseg.commands._options import CfgOptions, Config, DataRoot, Device, Json, 
 def main(
     config: Config,
     labeled: Labeled,
-    work_dir: Annotated[Path, typer.Option("--work-dir", help="Output folder: checkpoint.pth, metrics.json, manifest.json.")],
+    work_dir: Annotated[Path, typer.Option("--work-dir", help="Output folder: checkpoint.pth (+ checkpoint.json), metrics.json, manifest.json.")],
     data_root: DataRoot = None,
     val_ids: Annotated[Optional[Path], typer.Option("--val-ids", help="Validate on these ids of the val split only (default: the whole val split).")] = None,
     device: Device = "auto",
@@ -32,7 +32,8 @@ def main(
 
     Reads: CONFIG, the --labeled id list (ids of the config's train split; `alseg ids CONFIG` lists them),
     images and masks under --data-root, the config's val split.
-    Writes: WORK_DIR/checkpoint.pth, WORK_DIR/metrics.json (mIoU in percent), WORK_DIR/manifest.json.
+    Writes: WORK_DIR/checkpoint.pth (weights, read with torch.load(weights_only=True)) and checkpoint.json,
+    WORK_DIR/metrics.json (mIoU in percent), WORK_DIR/manifest.json.
 
     Example: alseg train demo_unet_tiny --labeled labeled.txt --work-dir runs/r0 --data-root data/demo
     """

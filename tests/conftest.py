@@ -42,6 +42,7 @@ def make_calibration(path: Path) -> Path:
     return write_calibration(path, {
         "alpha": 0.1, "bins": 1000, "t_min": 0.001, "class_names": [f"c{i}" for i in range(k)],
         "thresholds": [0.30, 0.15, 0.0, 0.22], "n_images": [40, 40, 3, 40], "uncalibrated": [False, False, True, False],
+        "calibrated": [True, True, False, True], "query_thresholds": [0.30, 0.15, 0.001, 0.22],
         "grid": [], "risk": [], "pool_path": "synthetic", "pool_sha256": "", "evaluation": None,
     })
 

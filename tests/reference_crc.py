@@ -45,10 +45,11 @@ def calibrate_loop(probs, labels, n_classes, alpha, bins=1000, ignore_index=255)
     return thresholds, n_images, risk
 
 
-def image_scores_loop(probs, thresholds, t_min=0.001):
-    """Per-pixel loops for C(u), M, D, w, R and u. Returns (u (n,), D (n, K, K), w (n, K), R (n, H, W))."""
+def image_scores_loop(probs, thresholds):
+    """Per-pixel loops for C(u), M, D, w, R and u, at the query-time ``thresholds`` as given.
+    Returns (u (n,), D (n, K, K), w (n, K), R (n, H, W))."""
     n, k, h, w_ = probs.shape
-    thr = [max(float(t), t_min) for t in thresholds]
+    thr = [float(t) for t in thresholds]
     us, ds, ws, rs = [], [], [], []
     for i in range(n):
         sets = [[[c for c in range(k) if float(probs[i, c, y, x]) >= thr[c]] for x in range(w_)] for y in range(h)]

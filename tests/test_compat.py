@@ -1,4 +1,5 @@
-"""mmseg on mmcv-lite: the configs build and run, compiled-only ops fail clearly, checkpoints load safely."""
+"""mmseg on mmcv-lite: the configs build and run, compiled-only ops fail clearly, checkpoints load safely
+(more in tests/test_checkpoint_safety.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from alseg.compat import has_compiled_mmcv, load_trusted_checkpoint, load_untrusted_checkpoint
+from alseg.compat import has_compiled_mmcv
 from alseg.errors import CompiledOpsRequired, InputError
+from alseg.files.checkpoint import read_checkpoint
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -64,18 +66,16 @@ def _mmengine_like_checkpoint(path: Path) -> None:
     )
 
 
-def test_trusted_loader_reads_mmengine_checkpoint_plain_torch_rejects(tmp_path):
+def test_mmengine_checkpoint_loads_weights_only_with_numpy_allowlist(tmp_path):
     path = tmp_path / "ckpt.pth"
     _mmengine_like_checkpoint(path)
     with pytest.raises(Exception):
         torch.load(path)  # torch >= 2.6: weights_only=True rejects numpy objects
-    ckpt = load_trusted_checkpoint(path)
-    assert torch.equal(ckpt["state_dict"]["w"], torch.ones(2))
-    assert int(ckpt["meta"]["seed"]) == 0
-    with pytest.raises(InputError, match="weights_only=True"):
-        load_untrusted_checkpoint(path)
+    ckpt = read_checkpoint(path)  # still weights_only=True, plus numpy arrays, dtypes and scalars
+    assert ckpt.kind == "mmengine" and torch.equal(ckpt.state_dict["w"], torch.ones(2))
+    assert ckpt.info["seed"] == 0 and ckpt.info["hist"] == [0, 1, 2]
     with pytest.raises(InputError, match="not found"):
-        load_trusted_checkpoint(tmp_path / "missing.pth")
+        read_checkpoint(tmp_path / "missing.pth")
 
 
 @pytest.mark.parametrize(

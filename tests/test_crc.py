@@ -68,7 +68,7 @@ def test_crc_validity_over_random_splits():
         acc.update(probs[:n_cal], labels[:n_cal])
         cal = acc.result(alpha)
         assert (cal.n_images == n_cal).all() and not cal.uncalibrated.any()
-        ev = EvaluationAccumulator(cal.thresholds, t_min=0.0, n_classes=2)
+        ev = EvaluationAccumulator(cal.query_thresholds(), n_classes=2)
         ev.update(probs[n_cal:], labels[n_cal:])
         fnr[s] = ev.result()["fnr"]
     mean = fnr.mean(axis=0)
@@ -176,7 +176,8 @@ def test_evaluation_accumulator_matches_direct_computation():
     rng = np.random.default_rng(4)
     probs, labels = _random_calibration_data(rng, n=12)
     thresholds = np.array([0.3, 0.0, 0.25, 0.5])  # class 1 uncalibrated -> floored at t_min
-    ev = EvaluationAccumulator(thresholds, t_min=0.01, n_classes=4)
+    ev = EvaluationAccumulator(thresholds, uncalibrated=np.array([False, True, False, False]), t_min=0.01,
+                               n_classes=4)
     ev.update(probs[:5], labels[:5])
     ev.update(probs[5:], labels[5:])
     res = ev.result()
@@ -208,12 +209,21 @@ def test_evaluation_accumulator_matches_direct_computation():
     assert res["coverage"] == pytest.approx(covered / total)
     assert res["n_pixels"] == total
     assert res["set_size_counts"] == sizes.tolist()
+    assert res["thresholds"] == thr.tolist() and res["t_min"] == 0.01
+    assert res["uncalibrated"] == [False, True, False, False]
     json.dumps(res)
 
 
-def test_effective_thresholds():
-    np.testing.assert_array_equal(effective_thresholds([0.0, 0.5, 0.0005]), [0.001, 0.5, 0.001])
-    np.testing.assert_array_equal(effective_thresholds([0.0, 0.5], t_min=0.0), [0.0, 0.5])
+def test_effective_thresholds_floor_only_uncalibrated_classes():
+    # calibrated classes keep t̂ exactly, 0 and below-t_min values included; uncalibrated ones get t_min
+    thr = [0.0, 0.5, 0.0005, 0.0]
+    unc = np.array([False, False, False, True])
+    np.testing.assert_array_equal(effective_thresholds(thr, unc), [0.0, 0.5, 0.0005, 0.001])
+    np.testing.assert_array_equal(effective_thresholds(thr, unc, t_min=0.0), [0.0, 0.5, 0.0005, 0.0])
+    with pytest.raises(InputError, match="one flag per class"):
+        effective_thresholds(thr, [0, 0, 0, 1])  # ints are not flags
+    with pytest.raises(InputError, match="t_min floors only uncalibrated classes"):
+        prediction_sets(np.full((1, 4, 1, 1), 0.25, np.float32), thr, t_min=0.001)
 
 
 # ------------------------------------------------------------------------------- prediction sets, scores
@@ -268,9 +278,16 @@ def test_zero_weights_give_zero_risk():
 def test_image_scores_match_per_pixel_reference():
     rng = np.random.default_rng(5)
     probs = softmax(rng.normal(scale=1.5, size=(3, 4, 5, 6)))
-    thresholds = np.array([0.2, 0.0, 0.15, 0.3])  # 0.0 -> t_min
+    thresholds = np.array([0.2, 0.0, 0.15, 0.3])  # class 1 calibrated at 0: every pixel in its set
     u, v, r = crc_image_scores(torch.from_numpy(probs), thresholds, return_risk_maps=True)
     u_ref, d_ref, w_ref, r_ref = image_scores_loop(probs, thresholds)
+    assert prediction_sets(probs, thresholds)[:, 1].all()
+    # class 1 uncalibrated instead: floored at t_min, as the reference does with the floored thresholds
+    unc = np.array([False, True, False, False])
+    u_f, v_f, _ = crc_image_scores(probs, thresholds, uncalibrated=unc, t_min=0.05)
+    u_fref, d_fref, _, _ = image_scores_loop(probs, [0.2, 0.05, 0.15, 0.3])
+    np.testing.assert_allclose(u_f, u_fref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(v_f, d_fref.reshape(3, 16), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(u, u_ref, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(v, d_ref.reshape(3, 16), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(r, r_ref, rtol=1e-6, atol=1e-7)

@@ -145,6 +145,7 @@ def _crc_files(rdir: Path) -> None:
     write_calibration(rdir / "crc.json", {
         "alpha": 0.1, "bins": 10, "t_min": 0.001, "class_names": CLASSES, "thresholds": [0.3, 0.31, 0.0],
         "n_images": [40, 30, 3], "uncalibrated": [False, False, True], "grid": grid, "risk": risk,
+        "calibrated": [True, True, False], "query_thresholds": [0.3, 0.31, 0.001],
         "pool_path": "calib.h5", "pool_sha256": "0" * 64,
         "evaluation": {"fnr": [0.08, 0.09, None], "n_images": [20, 15, 0], "coverage": 0.93,
                        "set_size_counts": [1, 50, 10, 0], "mean_set_size": 1.1},

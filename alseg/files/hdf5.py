@@ -30,16 +30,22 @@ Scores file (``format = "alseg.scores"``)::
 A scores file says ``format_version`` 2 only when its risk maps are padded (they differ in size), which a
 version-1 reader would misread; otherwise it says 1, and a version-1 reader reads it correctly.
 
-Writers write ``<name>.partial`` and rename at the end; readers stream one image chunk at a time and
-check the format, its version and the datasets they need, failing with one line naming the file.
+Writers write a unique temporary name beside the file and rename it at the end (``alseg.files.atomic``);
+``PoolWriter`` first keeps each batch as a durable segment in ``<name>.partial/``, so a killed ``infer``
+can ``--resume``. Readers stream one image chunk at a time and check the format, its version and the
+datasets they need, failing with one line naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
+import re
+import shutil
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -47,8 +53,17 @@ import h5py
 import numpy as np
 
 from alseg import __version__
-from alseg.errors import InputError
-from alseg.files.atomic import check_writable, partial_path
+from alseg.errors import InputError, OutputError, OutputExistsError
+from alseg.files.atomic import (
+    atomic_path,
+    check_writable,
+    fsync_dir,
+    output_lock,
+    partial_path,
+    temp_path,
+    write_error,
+    write_text_atomic,
+)
 
 POOL_FORMAT = "alseg.pool"
 SCORES_FORMAT = "alseg.scores"
@@ -63,6 +78,10 @@ CHUNK_BYTES = 4 << 20
 # compress little with either (gzip-1+shuffle: 0.77-0.87 of their bytes; lzf: stored as they are).
 COMPRESSION: dict[str, Any] = {"compression": "lzf"}
 RDCC_NBYTES = 32 << 20  # chunk cache per open file: a few chunks of a large image
+# The folder <pool>.partial of a pool file being written: header.json + one segment per append.
+PARTIAL_FORMAT = "alseg.pool.partial"
+PARTIAL_VERSION = 1
+_SEGMENT = re.compile(r"seg-(\d{6,})\.npz")
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
@@ -119,6 +138,8 @@ def _check_ids(path: Path, ids: Sequence[str]) -> None:
     for i in ids:
         if i in seen:
             raise InputError(f"{path}: id {i!r} appears more than once in /ids")
+        if not i.strip():
+            raise InputError(f"{path}: /ids holds an empty id (row {len(seen)})")
         seen.add(i)
 
 
@@ -162,16 +183,82 @@ def _runs(sizes: np.ndarray) -> list[np.ndarray]:
     return np.split(np.arange(len(sizes)), cut)
 
 
+class _WriteSink:
+    """The file under h5py's file-object driver: keeps the first ``OSError`` of a write (full disk,
+    ``ulimit -f``) and pretends later writes succeed. HDF5 cannot close a file after a failed write: it
+    keeps it open and crashes the interpreter at exit (a segfault); this way it closes cleanly and
+    :func:`_h5_create` raises the error afterwards."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        start, n = self.raw.tell(), view.nbytes
+        if self.error is None:
+            try:
+                done = 0
+                while done < n:
+                    done += self.raw.write(view[done:]) or 0
+                return n
+            except OSError as exc:
+                self.error = exc
+        self.raw.seek(start + n)
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return self.raw.truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return self.raw.tell() if size is None else size
+
+    def readinto(self, buffer) -> int:
+        return self.raw.readinto(buffer)
+
+    def read(self, size: int = -1) -> bytes:
+        return self.raw.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def flush(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _h5_create(path: Path, **kwargs: Any) -> Iterator[h5py.File]:
+    """A new HDF5 file at ``path``; a failed write raises its ``OSError`` once HDF5 has closed the file."""
+    with open(path, "w+b", buffering=0) as raw:
+        sink = _WriteSink(raw)
+        with h5py.File(sink, "w", **kwargs) as fh:
+            yield fh
+        if sink.error is not None:
+            raise sink.error
+
+
 # ---------------------------------------------------------------------------------------------- pool
 
 
 class PoolWriter:
     """Streams rows into a pool file. Use as a context manager; the file appears under its name on exit.
 
-    Images may differ in size: ``/logits`` grows to the largest (h, w) seen and ``/sizes`` keeps each
+    Images may differ in size: ``/logits`` is as large as the largest (h, w) and ``/sizes`` keeps each
     image's own. ``logits_shape`` is a hint, the (H, W) of the first image: it sets the chunk tile.
-    ``resume=True`` reopens ``<path>.partial`` left by an interrupted run (``written_ids`` tells which
-    rows are there) instead of starting over.
+
+    Crash safety: HDF5 cannot be trusted after a kill, so rows never go into it directly. Each
+    :meth:`append` writes one segment ``<path>.partial/seg-NNNNNN.npz`` (temporary name, fsync, rename: a
+    segment that exists is complete); :meth:`close` assembles the HDF5 from the segments in order (a
+    temporary file renamed into place) and removes the folder. ``resume=True`` continues the segments an
+    interrupted run left, after checking that ``header.json`` holds the same schema and ``fingerprint``
+    (any JSON-plain dict the caller wants to match, e.g. checkpoint digests); ``written_ids`` tells which
+    rows are there. An uninterrupted and an interrupted run thus write the same datasets through the same
+    code. The writer holds the output's lock (:func:`alseg.files.atomic.output_lock`) until it is closed.
     """
 
     def __init__(
@@ -187,92 +274,85 @@ class PoolWriter:
         attrs: Mapping[str, Any] | None = None,
         overwrite: bool = False,
         resume: bool = False,
+        fingerprint: Mapping[str, Any] | None = None,
     ):
-        self.path = check_writable(path, overwrite=overwrite)
-        self.tmp = partial_path(self.path)
-        self.n_classes = len(class_names)
         h, w = (int(s) for s in logits_shape)
         if h < 1 or w < 1:
             raise ValueError(f"logits_shape must be two sizes >= 1, got {tuple(logits_shape)}")
-        embedding_dims = dict(embedding_dims or {})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume and self.tmp.exists():
-            self.fh = h5py.File(self.tmp, "a", rdcc_nbytes=RDCC_NBYTES)
-            try:
-                self._reopen(embedding_dims, with_labels)
-            except BaseException:
-                self.fh.close()
-                raise
-            return
-        self.fh = h5py.File(self.tmp, "w", rdcc_nbytes=RDCC_NBYTES)
-        self.written_ids = []
-        self.shape = (h, w)
-        fh = self.fh
-        fh.attrs["format"] = POOL_FORMAT
-        fh.attrs["format_version"] = POOL_VERSION
-        fh.attrs["class_names"] = json.dumps(list(class_names))
-        fh.attrs["n_classes"] = self.n_classes
-        fh.attrs["ignore_index"] = int(ignore_index)
-        fh.attrs["alseg_version"] = __version__
-        fh.attrs["created"] = _now()
-        for key, value in (attrs or {}).items():
-            fh.attrs[key] = value if isinstance(value, (str, int, float, np.number)) else json.dumps(value)
-        k = self.n_classes
-        ch, cw = chunk_tile(k, h, w)
-        fh.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=STR_DTYPE, chunks=(1024,)).attrs["axes"] = "id"
-        fh.create_dataset(
-            "sizes", shape=(0, 2), maxshape=(None, 2), dtype=np.int32, chunks=(1024, 2)
-        ).attrs["axes"] = "id,hw"
-        ds = fh.create_dataset(
-            "logits", shape=(0, k, h, w), maxshape=(None, k, None, None), dtype=np.float16,
-            chunks=(1, k, ch, cw), fillvalue=0, **COMPRESSION,
-        )
-        ds.attrs["axes"] = "id,class,y,x"
-        if with_labels:
-            ldt = np.uint8 if self.n_classes < 255 and ignore_index <= 255 else np.uint16
-            fh.create_dataset(
-                "labels", shape=(0, h, w), maxshape=(None, None, None), dtype=ldt, chunks=(1, ch, cw),
-                fillvalue=int(ignore_index), **COMPRESSION,
-            ).attrs["axes"] = "id,y,x"
-        if embedding_dims:
-            grp = fh.create_group("embeddings")
-            for name, dim in embedding_dims.items():
-                e = grp.create_dataset(
-                    name, shape=(0, dim), maxshape=(None, dim), dtype=np.float32, chunks=(min(256, 1 << 20 // max(dim * 4, 1) or 1), dim)
-                )
-                e.attrs["axes"] = "id,feature"
-                for key, value in (embedding_attrs or {}).get(name, {}).items():
-                    e.attrs[key] = value
+        self.path = Path(path)
+        self.tmp = self.partial = partial_path(self.path)
+        self.class_names = [str(c) for c in class_names]
+        self.n_classes = len(self.class_names)
+        self.ignore_index = int(ignore_index)
+        self.with_labels = bool(with_labels)
+        self.embedding_dims = {str(k): int(v) for k, v in (embedding_dims or {}).items()}
+        self.embedding_attrs = {k: dict(v) for k, v in (embedding_attrs or {}).items()}
+        self.attrs = dict(attrs or {})
+        self.label_dtype = np.uint8 if self.n_classes < 255 and self.ignore_index <= 255 else np.uint16
+        self.fingerprint = _plain({
+            "class_names": self.class_names, "ignore_index": self.ignore_index, "with_labels": self.with_labels,
+            "embedding_dims": self.embedding_dims, **dict(fingerprint or {}),
+        })
+        self._closed = False
+        self._lock = output_lock(self.path)
+        self._lock.__enter__()
+        try:
+            check_writable(self.path, overwrite=overwrite)
+            if _partial_action(self.path, overwrite=overwrite, resume=resume) == "resume":
+                self._reopen()
+            else:
+                self._start((h, w))
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
 
-    def _reopen(self, embedding_dims: Mapping[str, int], with_labels: bool) -> None:
-        fh = self.fh
-        version = int(fh.attrs.get("format_version", -1))
-        if version != POOL_VERSION or "sizes" not in fh:
-            raise InputError(
-                f"{self.tmp}: cannot resume: written by another alseg (format_version {version}, this one writes "
-                f"{POOL_VERSION}); delete it and start over"
-            )
-        if fh["logits"].shape[1] != self.n_classes:
-            raise InputError(f"{self.tmp}: cannot resume: logits shape differs from this run's model")
-        if set(fh.get("embeddings", {}).keys()) != set(embedding_dims) or ("labels" in fh) != with_labels:
-            raise InputError(f"{self.tmp}: cannot resume: embeddings/labels differ from this run's options")
-        # /ids is written last in append(): rows beyond it (an append cut short) are dropped.
-        rows = self._row_datasets()
-        n = min(ds.shape[0] for ds in rows)
-        for ds in rows:
-            if ds.shape[0] != n:
-                ds.resize((n, *ds.shape[1:]))
-        self.written_ids = _decode_ids(fh["ids"][:])
-        self.shape = tuple(int(s) for s in fh["logits"].shape[2:])
+    # -- the partial folder -----------------------------------------------------------------------------
+    def _start(self, hint: tuple[int, int]) -> None:
+        self.hint = hint
+        self.shape = hint
+        self.written_ids: list[str] = []
+        self._id_set: set[str] = set()
+        self._sizes: list[np.ndarray] = []
+        self._segments: list[Path] = []
+        try:
+            self.partial.mkdir(parents=True)
+        except OSError as exc:
+            raise write_error(self.partial, exc) from None
+        header = {"format": PARTIAL_FORMAT, "format_version": PARTIAL_VERSION, "alseg_version": __version__,
+                  "logits_shape": list(hint), "fingerprint": self.fingerprint}
+        write_text_atomic(self.partial / "header.json", json.dumps(header, indent=1, sort_keys=True) + "\n")
 
-    def _row_datasets(self) -> list[h5py.Dataset]:
-        fh = self.fh
-        rows = [fh["ids"], fh["sizes"], fh["logits"]] + ([fh["labels"]] if "labels" in fh else [])
-        return rows + (list(fh["embeddings"].values()) if "embeddings" in fh else [])
+    def _reopen(self) -> None:
+        p = self.partial
+        header = _read_header(p)
+        _compare_fingerprint(p, header["fingerprint"], self.fingerprint)
+        for entry in p.iterdir():  # temporaries of a killed append
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                entry.unlink(missing_ok=True)
+        self.hint = tuple(int(s) for s in header["logits_shape"])
+        self._segments = _segment_paths(p)
+        self.written_ids, self._id_set, self._sizes = [], set(), []
+        for seg in self._segments:
+            with _open_segment(seg) as z:
+                ids = [str(i) for i in z["ids"]]
+                sizes = np.asarray(z["sizes"], dtype=np.int64).reshape(-1, 2)
+                want = {"ids", "sizes", *(f"logits_{j}" for j in range(len(ids)))}
+                want |= {f"labels_{j}" for j in range(len(ids))} if self.with_labels else set()
+                want |= {f"emb.{e}" for e in self.embedding_dims}
+                if len(sizes) != len(ids) or not want <= set(z.files):
+                    raise InputError(f"{seg}: damaged batch of an interrupted run; pass --overwrite to start over")
+            for i in ids:
+                if i in self._id_set:
+                    raise InputError(f"{seg}: id {i!r} appears more than once; pass --overwrite to start over")
+                self._id_set.add(i)
+            self.written_ids.extend(ids)
+            self._sizes.append(sizes)
+        self.shape = tuple(int(s) for s in np.concatenate([np.asarray([self.hint]), *self._sizes]).max(axis=0))
 
+    # -- rows -------------------------------------------------------------------------------------------
     def _as_runs(self, b: int, logits, labels) -> list[tuple[int, np.ndarray, np.ndarray | None]]:
         """(first row, logits (r,K,h,w), labels (r,h,w) or None) per run of equal-size images."""
-        k, want_labels = self.n_classes, "labels" in self.fh
+        k, want_labels = self.n_classes, self.with_labels
         if want_labels and labels is None:
             raise ValueError("this pool file stores labels; append() needs them")
         if isinstance(logits, np.ndarray) or (hasattr(logits, "shape") and hasattr(logits, "dtype")):
@@ -311,70 +391,271 @@ class PoolWriter:
         labels: np.ndarray | Sequence[np.ndarray] | None = None,
         embeddings: Mapping[str, np.ndarray] | None = None,
     ) -> None:
-        """Append ``len(ids)`` rows, stored as float16.
+        """Append ``len(ids)`` rows, stored as float16: one durable segment of the partial folder.
 
         ``logits`` is an array (b,K,H,W) (images of one size) or a list of b arrays (K,h_i,w_i); ``labels``
         (with ``with_labels``) likewise (b,H,W) or a list of (h_i,w_i).
         """
-        fh = self.fh
-        ids = list(ids)
-        n0, b = fh["ids"].shape[0], len(ids)
+        if self._closed:
+            raise ValueError("append() on a closed PoolWriter")
+        ids = [str(i) for i in ids]
+        b = len(ids)
         runs = self._as_runs(b, logits, labels)
-        sizes = np.zeros((b, 2), dtype=np.int32)
-        for first, x, _ in runs:
-            sizes[first : first + len(x)] = x.shape[2:]
         if b == 0:
             return
-        hmax, wmax = (max(a, int(c)) for a, c in zip(self.shape, sizes.max(axis=0)))
-        self.shape = (hmax, wmax)
-        # Everything but /ids first: /ids is the commit mark that resume trusts.
-        lg = fh["logits"]
-        lg.resize((n0 + b, self.n_classes, hmax, wmax))
-        for first, x, _ in runs:
-            h, w = x.shape[2:]
-            lg[n0 + first : n0 + first + len(x), :, :h, :w] = np.asarray(x, dtype=np.float16)
-        if "labels" in fh:
-            lb = fh["labels"]
-            lb.resize((n0 + b, hmax, wmax))
-            for first, _, y in runs:
-                h, w = y.shape[1:]
-                lb[n0 + first : n0 + first + len(y), :h, :w] = y
-        for name, ds in (fh["embeddings"].items() if "embeddings" in fh else ()):
-            ds.resize((n0 + b, ds.shape[1]))
-            ds[n0:] = np.asarray(embeddings[name], dtype=np.float32)
-        fh["sizes"].resize((n0 + b, 2))
-        fh["sizes"][n0:] = sizes
-        fh["ids"].resize((n0 + b,))
-        fh["ids"][n0:] = np.asarray(ids, dtype=object)
+        seen = set(self._id_set)
+        for i in ids:
+            if i in seen:
+                raise InputError(f"{self.path}: id {i!r} appears more than once in /ids")
+            seen.add(i)
+        embeddings = dict(embeddings or {})
+        if set(embeddings) != set(self.embedding_dims):
+            raise ValueError(f"embeddings {sorted(embeddings)} != {sorted(self.embedding_dims)}")
+        arrays: dict[str, np.ndarray] = {"ids": np.asarray(ids, dtype=str)}
+        sizes = np.zeros((b, 2), dtype=np.int32)
+        for first, x, y in runs:
+            for j in range(len(x)):
+                sizes[first + j] = x.shape[2:]
+                arrays[f"logits_{first + j}"] = np.asarray(x[j], dtype=np.float16)
+                if y is not None:
+                    arrays[f"labels_{first + j}"] = np.asarray(y[j]).astype(self.label_dtype)
+        arrays["sizes"] = sizes
+        for name, dim in self.embedding_dims.items():
+            e = np.asarray(embeddings[name], dtype=np.float32)
+            if e.shape != (b, dim):
+                raise ValueError(f"embeddings[{name!r}] has shape {e.shape}, expected {(b, dim)}")
+            arrays[f"emb.{name}"] = e
+        seg = self.partial / f"seg-{len(self._segments):06d}.npz"
+        tmp = temp_path(seg)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, seg)
+            fsync_dir(self.partial)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OutputError(f"{write_error(seg, exc)}; `--resume` then continues after the "
+                              f"{len(self.written_ids)} image(s) already done") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._segments.append(seg)
+        self._sizes.append(sizes.astype(np.int64))
         self.written_ids.extend(ids)
+        self._id_set.update(ids)
+        self.shape = (max(self.shape[0], int(sizes[:, 0].max())), max(self.shape[1], int(sizes[:, 1].max())))
 
-    def close(self, *, commit: bool = True) -> Path:
-        """Flush and close; with ``commit`` trim /logits to the largest image, check ids are unique and
-        rename onto the final name."""
-        ids = list(self.written_ids)
-        if commit and ids:
-            h, w = (int(s) for s in self.fh["sizes"][:].max(axis=0))
-            for name in ("logits", "labels"):
-                if name in self.fh and tuple(self.fh[name].shape[-2:]) != (h, w):
-                    ds = self.fh[name]
-                    ds.resize((*ds.shape[:-2], h, w))
-            self.shape = (h, w)
-        self.fh.flush()
-        self.fh.close()
-        if commit:
-            _check_ids(self.tmp, ids)
-            os.replace(self.tmp, self.path)
+    # -- the final file ---------------------------------------------------------------------------------
+    def _assemble(self) -> None:
+        """Write the HDF5 from the segments, in order, under a temporary name; rename it into place."""
+        k, n = self.n_classes, len(self.written_ids)
+        sizes = np.concatenate(self._sizes) if n else np.zeros((0, 2), dtype=np.int64)
+        h, w = (int(s) for s in sizes.max(axis=0)) if n else self.hint
+        self.shape = (h, w)
+        ch, cw = chunk_tile(k, *self.hint)
+        try:
+            with atomic_path(self.path) as tmp, _h5_create(tmp, rdcc_nbytes=RDCC_NBYTES) as fh:
+                fh.attrs["format"] = POOL_FORMAT
+                fh.attrs["format_version"] = POOL_VERSION
+                fh.attrs["class_names"] = json.dumps(self.class_names)
+                fh.attrs["n_classes"] = k
+                fh.attrs["ignore_index"] = self.ignore_index
+                fh.attrs["alseg_version"] = __version__
+                fh.attrs["created"] = _now()
+                for key, value in self.attrs.items():
+                    fh.attrs[key] = value if isinstance(value, (str, int, float, np.number)) else json.dumps(value)
+                ids_ds = fh.create_dataset("ids", shape=(n,), maxshape=(None,), dtype=STR_DTYPE, chunks=(1024,))
+                ids_ds.attrs["axes"] = "id"
+                sizes_ds = fh.create_dataset("sizes", shape=(n, 2), maxshape=(None, 2), dtype=np.int32, chunks=(1024, 2))
+                sizes_ds.attrs["axes"] = "id,hw"
+                lg = fh.create_dataset(
+                    "logits", shape=(n, k, h, w), maxshape=(None, k, None, None), dtype=np.float16,
+                    chunks=(1, k, ch, cw), fillvalue=0, **COMPRESSION,
+                )
+                lg.attrs["axes"] = "id,class,y,x"
+                lb = None
+                if self.with_labels:
+                    lb = fh.create_dataset(
+                        "labels", shape=(n, h, w), maxshape=(None, None, None), dtype=self.label_dtype,
+                        chunks=(1, ch, cw), fillvalue=self.ignore_index, **COMPRESSION,
+                    )
+                    lb.attrs["axes"] = "id,y,x"
+                embs = {}
+                if self.embedding_dims:
+                    grp = fh.create_group("embeddings")
+                    for name, dim in self.embedding_dims.items():
+                        rows = max(1, min(256, (1 << 20) // max(dim * 4, 1)))
+                        e = grp.create_dataset(name, shape=(n, dim), maxshape=(None, dim), dtype=np.float32,
+                                               chunks=(rows, dim))
+                        e.attrs["axes"] = "id,feature"
+                        for key, value in self.embedding_attrs.get(name, {}).items():
+                            e.attrs[key] = value
+                        embs[name] = e
+                if n:
+                    ids_ds[:] = np.asarray(self.written_ids, dtype=object)
+                    sizes_ds[:] = sizes.astype(np.int32)
+                row = 0
+                for seg, seg_sizes in zip(self._segments, self._sizes):
+                    b = len(seg_sizes)
+                    with _open_segment(seg) as z:
+                        try:
+                            for run in _runs(seg_sizes):
+                                rh, rw = (int(s) for s in seg_sizes[run[0]])
+                                at = slice(row + int(run[0]), row + int(run[-1]) + 1)
+                                lg[at, :, :rh, :rw] = np.stack([z[f"logits_{j}"] for j in run])
+                                if lb is not None:
+                                    lb[at, :rh, :rw] = np.stack([z[f"labels_{j}"] for j in run])
+                            for name, e in embs.items():
+                                e[row : row + b] = z[f"emb.{name}"]
+                        except (zipfile.BadZipFile, KeyError, ValueError, EOFError) as exc:
+                            raise _damaged(seg, exc) from None
+                    row += b
+        except OutputError as exc:
+            raise OutputError(f"{exc}; the finished batches stay in {self.partial}: rerun with --resume") from None
+
+    def close(self, *, commit: bool = True, keep_partial: bool = False) -> Path:
+        """Release the output; with ``commit`` assemble the pool file from the segments and rename it into
+        place, then (unless ``keep_partial``: see :meth:`discard_partial`) remove the partial folder.
+        Without ``commit`` the segments stay for ``resume`` (a folder without any is removed)."""
+        if self._closed:
+            return self.path
+        self._closed = True
+        try:
+            if commit:
+                self._assemble()
+                if not keep_partial:
+                    self.discard_partial()
+            elif not self._segments:
+                self.discard_partial()
+        finally:
+            self._lock.__exit__(None, None, None)
         return self.path
+
+    def discard_partial(self) -> None:
+        """Remove the partial folder (after the pool file and whatever must accompany it are written)."""
+        shutil.rmtree(self.partial, ignore_errors=True)
 
     def __enter__(self) -> "PoolWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close(commit=True)
-        else:
-            # Keep the partial file: `infer --resume` continues from it. KeyboardInterrupt included.
-            self.close(commit=False)
+        # On an exception (KeyboardInterrupt included) the segments stay: `infer --resume` continues them.
+        self.close(commit=exc_type is None)
+
+
+def _plain(obj: Any) -> Any:
+    """JSON round trip, so that tuples and lists (and numpy scalars) compare equal to what a header holds."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _segment_paths(partial: Path) -> list[Path]:
+    numbered = sorted((int(m.group(1)), entry) for entry in partial.iterdir() if (m := _SEGMENT.fullmatch(entry.name)))
+    for expect, (got, entry) in enumerate(numbered):
+        if got != expect:
+            raise InputError(f"{partial}: batch seg-{expect:06d}.npz is missing (found {entry.name}); "
+                             "pass --overwrite to start over")
+    return [entry for _, entry in numbered]
+
+
+def _damaged(seg: Path, exc: BaseException) -> InputError:
+    return InputError(f"{seg}: damaged batch of an interrupted run ({type(exc).__name__}: {exc}); "
+                      "pass --overwrite to start over")
+
+
+def _open_segment(seg: Path):
+    try:
+        return np.load(seg, allow_pickle=False)
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
+        raise _damaged(seg, exc) from None
+
+
+def _read_header(partial: Path) -> dict[str, Any]:
+    path = partial / "header.json"
+    try:
+        header = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{partial}: cannot resume: no readable header.json ({type(exc).__name__}); "
+                         "pass --overwrite to start over") from None
+    got = (header.get("format"), header.get("format_version")) if isinstance(header, dict) else None
+    if got != (PARTIAL_FORMAT, PARTIAL_VERSION) or "fingerprint" not in header:
+        raise InputError(f"{partial}: cannot resume: written by another alseg ({got}); pass --overwrite to start over")
+    return header
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value):
+        text = value[:12] + "…"
+    return text if len(text) <= 80 else text[:77] + "…"
+
+
+def _compare_fingerprint(partial: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    missing = object()
+    for key in sorted(set(old) | set(new)):
+        if old.get(key, missing) != new.get(key, missing):
+            raise InputError(
+                f"{partial}: cannot resume: {key} differs from the interrupted run's (then {_short(old.get(key))}, "
+                f"now {_short(new.get(key))}); rerun with the same inputs and options, or pass --overwrite to start over"
+            )
+
+
+def _old_partial(p: Path) -> InputError:
+    return InputError(f"{p}: cannot resume: written by another alseg (one HDF5 file, not a folder of batches); "
+                      "delete it or pass --overwrite to start over")
+
+
+def _leftover(p: Path) -> OutputExistsError:
+    return OutputExistsError(f"{p}: an interrupted run left its finished batches here; pass --resume to continue "
+                             "it or --overwrite to start over")
+
+
+def _has_segments(p: Path) -> bool:
+    return p.is_dir() and any(_SEGMENT.fullmatch(e.name) for e in p.iterdir())
+
+
+def _partial_action(path: Path, *, overwrite: bool, resume: bool) -> str:
+    """``"resume"`` or ``"fresh"`` for a pool writer of ``path``; clears or refuses what an earlier run left.
+    ``resume`` wins over ``overwrite`` (which then only replaces a finished pool file)."""
+    p = partial_path(path)
+    if not (p.exists() or p.is_symlink()):
+        return "fresh"
+    if not p.is_dir():
+        if not overwrite:
+            raise _old_partial(p)
+        p.unlink()
+        return "fresh"
+    if _has_segments(p):
+        if resume:
+            return "resume"
+        if not overwrite:
+            raise _leftover(p)
+    shutil.rmtree(p)  # overwrite, or nothing worth keeping (killed before its first batch)
+    return "fresh"
+
+
+def check_pool_resume(
+    path: str | os.PathLike, *, overwrite: bool, resume: bool, fingerprint: Mapping[str, Any] | None = None
+) -> int:
+    """Fail early (before a model is loaded) where :class:`PoolWriter` would: an existing output without
+    ``overwrite``, finished batches without ``resume`` or ``overwrite``, an old single-file partial, or a
+    partial folder whose fingerprint differs in a key of ``fingerprint``. Returns the number of finished
+    batches ``resume`` continues."""
+    path = check_writable(path, overwrite=overwrite)
+    p = partial_path(path)
+    if (p.exists() or p.is_symlink()) and not p.is_dir() and not overwrite:
+        raise _old_partial(p)
+    if not _has_segments(p):
+        return 0
+    if not resume:
+        if not overwrite:
+            raise _leftover(p)
+        return 0
+    new = _plain(dict(fingerprint or {}))
+    old = _read_header(p)["fingerprint"]
+    _compare_fingerprint(p, {k: v for k, v in old.items() if k in new}, new)
+    return len(_segment_paths(p))
 
 
 class PoolReader:
@@ -392,24 +673,43 @@ class PoolReader:
         self.fh = _open_checked(self.path, POOL_FORMAT, required)
         try:
             self._load()
+        except (OSError, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+            self.fh.close()
+            raise InputError(f"{self.path}: damaged pool file ({type(exc).__name__}: {exc})") from None
         except BaseException:
             self.fh.close()
             raise
 
     def _load(self) -> None:
-        a = self.fh.attrs
+        a, path = self.fh.attrs, self.path
         self.format_version = int(a["format_version"])
         self.ids = _decode_ids(self.fh["ids"][:])
-        _check_ids(self.path, self.ids)
-        self.index = _IdIndex(self.path, self.ids)
-        self.class_names = json.loads(a["class_names"])
-        self.n_classes = int(a["n_classes"])
-        self.ignore_index = int(a["ignore_index"])
+        _check_ids(path, self.ids)
+        self.index = _IdIndex(path, self.ids)
         n = len(self.ids)
         logits = self.fh["logits"]
+        if logits.ndim != 4:
+            raise InputError(f"{path}: /logits has shape {logits.shape}; a pool file holds (images, classes, H, W)")
+        k = int(logits.shape[1])
+        try:
+            self.class_names = json.loads(a["class_names"])
+        except (KeyError, json.JSONDecodeError, TypeError):
+            raise InputError(f"{path}: the class_names attribute is not a JSON list of names") from None
+        if not isinstance(self.class_names, list) or not all(isinstance(c, str) for c in self.class_names):
+            raise InputError(f"{path}: the class_names attribute is not a JSON list of names")
+        self.n_classes = int(a["n_classes"])
+        if self.n_classes != k or len(self.class_names) != k:
+            raise InputError(f"{path}: /logits has {k} classes but the file says n_classes = {self.n_classes} "
+                             f"with {len(self.class_names)} class names")
+        self.ignore_index = int(a["ignore_index"])
         full = tuple(int(s) for s in logits.shape[2:])
         if logits.shape[0] != n:
-            raise InputError(f"{self.path}: /logits has {logits.shape[0]} rows but /ids has {n}")
+            raise InputError(f"{path}: /logits has {logits.shape[0]} rows but /ids has {n}")
+        if "labels" in self.fh and tuple(self.fh["labels"].shape) != (n, *full):
+            raise InputError(f"{path}: /labels has shape {self.fh['labels'].shape}, expected {(n, *full)} like /logits")
+        for name, ds in (self.fh["embeddings"].items() if "embeddings" in self.fh else ()):
+            if ds.ndim != 2 or ds.shape[0] != n:
+                raise InputError(f"{path}: /embeddings/{name} has shape {ds.shape}, expected ({n}, D): one row per id")
         if self.format_version >= 2:
             if "sizes" not in self.fh:
                 raise InputError(f"{self.path}: missing dataset(s) /sizes")
@@ -452,7 +752,7 @@ class PoolReader:
         are exactly the requested order. A pool of one image size yields whole batches.
         """
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch size must be >= 1, got {batch_size}")
         if with_labels and not self.has_labels:
             raise InputError(f"{self.path}: has no /labels; rerun `alseg infer --with-labels` on a labeled set")
         rows = np.arange(len(self.ids)) if ids is None else self.rows(ids)
@@ -465,8 +765,12 @@ class PoolReader:
                 # h5py reads increasing rows: read each distinct row once, then put them in order
                 uniq, inv = np.unique(sel, return_inverse=True)
                 idx = slice(int(uniq[0]), int(uniq[-1]) + 1) if uniq[-1] - uniq[0] == len(uniq) - 1 else uniq
-                logits = logits_ds[idx, :, :h, :w].astype(np.float32)[inv]
-                labels = labels_ds[idx, :h, :w][inv].astype(np.int64) if labels_ds is not None else None
+                try:
+                    logits = logits_ds[idx, :, :h, :w].astype(np.float32)[inv]
+                    labels = labels_ds[idx, :h, :w][inv].astype(np.int64) if labels_ds is not None else None
+                except OSError as exc:  # a damaged chunk
+                    raise InputError(f"{self.path}: cannot read the rows of id {self.ids[sel[0]]!r} "
+                                     f"({exc}); the file is damaged") from None
                 yield [self.ids[r] for r in sel], logits, labels
 
     def embedding(self, name: str, ids: Sequence[str] | None = None) -> np.ndarray:
@@ -512,7 +816,6 @@ def write_scores(
     array (M,H,W) or a list of M arrays (h_i,w_i), stored zero-padded to the largest with their sizes.
     """
     path = check_writable(path, overwrite=overwrite)
-    tmp = partial_path(path)
     ids = list(ids)
     _check_ids(path, ids)
     n = len(ids)
@@ -523,41 +826,35 @@ def write_scores(
             raise ValueError(f"{len(map_ids)} risk map ids for {len(map_sizes)} maps")
         if (map_sizes != np.asarray(maps.shape[1:])).any():
             version = 2  # padded maps: a version-1 reader would take the padding for risk
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with h5py.File(tmp, "w") as fh:
-            fh.attrs["format"] = SCORES_FORMAT
-            fh.attrs["format_version"] = version
-            fh.attrs["alseg_version"] = __version__
-            fh.attrs["created"] = _now()
-            for key, value in (attrs or {}).items():
-                fh.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
-            fh.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=STR_DTYPE).attrs["axes"] = "id"
-            grp = fh.create_group("scores")
-            for name, values in scores.items():
-                values = np.asarray(values, dtype=np.float64)
-                if values.shape != (n,):
-                    raise ValueError(f"scores[{name!r}] has shape {values.shape}, expected ({n},)")
-                ds = grp.create_dataset(name, data=values)
-                ds.attrs["axes"] = "id"
-                ds.attrs["params"] = json.dumps((params or {}).get(name, {}))
-            egrp = fh.create_group("embeddings")
-            for name, values in (embeddings or {}).items():
-                values = np.asarray(values)
-                if values.shape[0] != n:
-                    raise ValueError(f"embeddings[{name!r}] has {values.shape[0]} rows, expected {n}")
-                ds = egrp.create_dataset(name, data=values, chunks=(min(n, 1024), *values.shape[1:]) if n else None)
-                ds.attrs["axes"] = "id," + ",".join(f"dim{i}" for i in range(1, values.ndim))
-                ds.attrs["params"] = json.dumps((params or {}).get(name, {}))
-            if risk_maps is not None:
-                rgrp = fh.create_group("risk_maps")
-                rgrp.create_dataset("ids", data=np.asarray(map_ids, dtype=object), dtype=STR_DTYPE)
-                rgrp.create_dataset("maps", data=maps, fillvalue=0).attrs["axes"] = "id,y,x"
-                rgrp.create_dataset("sizes", data=map_sizes.astype(np.int32)).attrs["axes"] = "id,hw"
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, _h5_create(tmp) as fh:
+        fh.attrs["format"] = SCORES_FORMAT
+        fh.attrs["format_version"] = version
+        fh.attrs["alseg_version"] = __version__
+        fh.attrs["created"] = _now()
+        for key, value in (attrs or {}).items():
+            fh.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+        fh.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=STR_DTYPE).attrs["axes"] = "id"
+        grp = fh.create_group("scores")
+        for name, values in scores.items():
+            values = np.asarray(values, dtype=np.float64)
+            if values.shape != (n,):
+                raise ValueError(f"scores[{name!r}] has shape {values.shape}, expected ({n},)")
+            ds = grp.create_dataset(name, data=values)
+            ds.attrs["axes"] = "id"
+            ds.attrs["params"] = json.dumps((params or {}).get(name, {}))
+        egrp = fh.create_group("embeddings")
+        for name, values in (embeddings or {}).items():
+            values = np.asarray(values)
+            if values.shape[0] != n:
+                raise ValueError(f"embeddings[{name!r}] has {values.shape[0]} rows, expected {n}")
+            ds = egrp.create_dataset(name, data=values, chunks=(min(n, 1024), *values.shape[1:]) if n else None)
+            ds.attrs["axes"] = "id," + ",".join(f"dim{i}" for i in range(1, values.ndim))
+            ds.attrs["params"] = json.dumps((params or {}).get(name, {}))
+        if risk_maps is not None:
+            rgrp = fh.create_group("risk_maps")
+            rgrp.create_dataset("ids", data=np.asarray(map_ids, dtype=object), dtype=STR_DTYPE)
+            rgrp.create_dataset("maps", data=maps, fillvalue=0).attrs["axes"] = "id,y,x"
+            rgrp.create_dataset("sizes", data=map_sizes.astype(np.int32)).attrs["axes"] = "id,hw"
     return path
 
 
@@ -584,12 +881,25 @@ class ScoresReader:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.fh = _open_checked(self.path, SCORES_FORMAT, ["ids", "scores"])
-        self.ids = _decode_ids(self.fh["ids"][:])
-        _check_ids(self.path, self.ids)
-        self.index = _IdIndex(self.path, self.ids)
-        self.score_names = sorted(self.fh["scores"].keys())
-        self.embedding_names = sorted(self.fh["embeddings"].keys()) if "embeddings" in self.fh else []
-        self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in self.fh.attrs.items()}
+        try:
+            self.ids = _decode_ids(self.fh["ids"][:])
+            _check_ids(self.path, self.ids)
+            self.index = _IdIndex(self.path, self.ids)
+            self.score_names = sorted(self.fh["scores"].keys())
+            self.embedding_names = sorted(self.fh["embeddings"].keys()) if "embeddings" in self.fh else []
+            self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in self.fh.attrs.items()}
+            n = len(self.ids)
+            for group in ("scores", "embeddings"):
+                for name, ds in (self.fh[group].items() if group in self.fh else ()):
+                    if ds.shape[:1] != (n,):
+                        raise InputError(f"{self.path}: /{group}/{name} has shape {ds.shape}, expected {n} rows "
+                                         "(one per id)")
+        except (OSError, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+            self.fh.close()
+            raise InputError(f"{self.path}: damaged scores file ({type(exc).__name__}: {exc})") from None
+        except BaseException:
+            self.fh.close()
+            raise
 
     def _get(self, group: str, name: str, ids: Sequence[str] | None, hint: str) -> np.ndarray:
         names = self.score_names if group == "scores" else self.embedding_names

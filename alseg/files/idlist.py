@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 from alseg.errors import InputError
@@ -17,18 +17,34 @@ def read_ids(path: str | os.PathLike, *, allow_missing: bool = False) -> list[st
         if allow_missing:
             return []
         raise InputError(f"{path}: id list not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected an id list (one image id per line)")
     try:
         text = path.read_text(encoding="utf-8-sig")  # a BOM is not part of the first id
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the id list ({exc.strerror or exc})") from None
     ids = [line.strip() for line in text.splitlines()]
     ids = [i for i in ids if i]
     seen: set[str] = set()
     for i in ids:
         if i in seen:
             raise InputError(f"{path}: id {i!r} appears more than once")
+        _check_relative(i, path)
         seen.add(i)
     return ids
+
+
+def relative_id(image_id: str) -> bool:
+    """Ids name images inside a dataset: false for an empty id, an absolute one or one with ``..``."""
+    p = PurePosixPath(image_id.replace("\\", "/"))
+    return bool(image_id) and not p.is_absolute() and ".." not in p.parts and not (len(image_id) > 1 and image_id[1] == ":")
+
+
+def _check_relative(image_id: str, path: Path) -> None:
+    if not relative_id(image_id):
+        raise InputError(f"{path}: id {image_id!r} is not a relative path inside the dataset; refused")
 
 
 def write_ids(path: str | os.PathLike, ids: Iterable[str]) -> Path:

@@ -17,11 +17,17 @@ def read_versioned_json(path: str | os.PathLike, fmt: str, version: int, *, miss
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: {missing}") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, expected an {fmt} JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != fmt:
         raise InputError(f"{path}: not an {fmt} file")
-    got = int(doc.get("format_version", -1))
+    got = doc.get("format_version", -1)
+    if not isinstance(got, int) or isinstance(got, bool):
+        raise InputError(f"{path}: format_version must be an integer, got {got!r}")
     if got > version:
         raise InputError(f"{path}: written by a newer alseg (format_version {got} > {version}); upgrade alseg")
     return doc

@@ -15,7 +15,7 @@ import numpy as np
 
 from alseg.stages import no_progress as _noop
 from alseg.errors import InputError
-from alseg.files.atomic import check_writable
+from alseg.files.atomic import check_not_input, check_writable, holding_output_locks, removed_on_failure
 from alseg.files.calibration import write_calibration
 from alseg.files.hdf5 import PoolReader, sha256_file
 from alseg.files.idlist import read_ids
@@ -31,6 +31,8 @@ class CalibrateResult:
     thresholds: dict[str, float]
     n_images: dict[str, int]
     uncalibrated: list[str]
+    query_thresholds: dict[str, float] = field(default_factory=dict)
+    always_in_set: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     evaluation: dict | None = None
     seconds: float = 0.0
@@ -57,10 +59,14 @@ def _stream(pool: PoolReader, accumulator, batch_size: int, progress) -> None:
     # Batches come cropped to each image's valid (h, w), one run of equal sizes at a time; the
     # accumulators sum per image, so padding never enters R̂_k or the held-out evaluation.
     for ids, logits, labels in pool.iter_batches(batch_size, with_labels=True):
-        accumulator.update(softmax(logits, axis=1), labels)
+        try:
+            accumulator.update(softmax(logits, axis=1), labels)
+        except InputError as exc:  # bad labels or logits: name the file and the batch
+            raise InputError(f"{pool.path}: {exc} (in the batch starting at id {ids[0]!r})") from None
         progress(len(ids))
 
 
+@holding_output_locks("out_path")
 def calibrate(
     pool_path: str | Path,
     *,
@@ -82,6 +88,11 @@ def calibrate(
         raise InputError(f"--alpha must be in (0, 1), got {alpha}")
     if not 0.0 <= t_min < 1.0:
         raise InputError(f"--t-min must be in [0, 1), got {t_min}")
+    if bins < 1:
+        raise InputError(f"--bins must be >= 1, got {bins}")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    check_not_input([out_path, manifest_path(out_path)], [pool_path, evaluate_path, train_ids_path])
     out_path = check_writable(out_path, overwrite=overwrite)
     warnings: list[str] = []
     with PoolReader(pool_path, require_labels=True) as pool:
@@ -98,20 +109,31 @@ def calibrate(
         _stream(pool, acc, batch_size, progress)
         cal = acc.result(alpha)
         n_cal = len(pool)
+    # Only uncalibrated classes are floored at t_min; a calibrated class keeps t̂ even at 0 (docs §9.1).
+    query = cal.query_thresholds(t_min)
     uncalibrated = [class_names[k] for k in np.flatnonzero(cal.uncalibrated)]
+    always_in_set = [class_names[k] for k in np.flatnonzero(cal.always_in_set)]
     if uncalibrated:
         need = int(np.ceil((1 - alpha) / alpha))
+        floor = (f"at query time their threshold is t_min={t_min}" if t_min > 0
+                 else "with t_min=0 every pixel is in their prediction sets")
         warnings.append(
             f"{len(uncalibrated)} class(es) uncalibrated (fewer than {need} calibration images contain them): "
-            f"{', '.join(uncalibrated)}; their threshold is 0 (floored at t_min={t_min} when scoring)"
+            f"{', '.join(uncalibrated)}; no FNR guarantee for them; {floor}"
+        )
+    if always_in_set:
+        warnings.append(
+            f"{len(always_in_set)} class(es) calibrated at t̂ = 0: {', '.join(always_in_set)}; the risk bound "
+            f"at alpha={alpha} puts every pixel in their prediction sets (the guarantee holds; t_min does not "
+            "apply to them)"
         )
     evaluation = None
     if evaluate_path is not None:
         with PoolReader(evaluate_path, require_labels=True) as held_out:
             if held_out.n_classes != len(class_names):
                 raise InputError(f"{evaluate_path}: has {held_out.n_classes} classes, calibration has {len(class_names)}")
-            ev = C.EvaluationAccumulator(cal.thresholds, t_min=t_min, ignore_index=held_out.ignore_index,
-                                         n_classes=held_out.n_classes)
+            ev = C.EvaluationAccumulator(cal.thresholds, uncalibrated=cal.uncalibrated, t_min=t_min,
+                                         ignore_index=held_out.ignore_index, n_classes=held_out.n_classes)
             progress(0, total=n_cal + len(held_out))
             _stream(held_out, ev, batch_size, progress)
             evaluation = {**ev.result(), "pool_path": str(evaluate_path)}
@@ -119,6 +141,7 @@ def calibrate(
         **cal.to_dict(),
         "grid": cal.grid,
         "t_min": t_min,
+        "query_thresholds": query,
         "class_names": class_names,
         "pool_path": str(pool_path),
         "pool_sha256": sha256_file(pool_path),
@@ -129,12 +152,14 @@ def calibrate(
         out_path=str(out_path), alpha=alpha, n_calibration_images=n_cal,
         thresholds={c: float(t) for c, t in zip(class_names, cal.thresholds)},
         n_images={c: int(n) for c, n in zip(class_names, cal.n_images)},
-        uncalibrated=uncalibrated, warnings=warnings, evaluation=evaluation, seconds=time.perf_counter() - t0,
+        uncalibrated=uncalibrated, query_thresholds={c: float(t) for c, t in zip(class_names, query)},
+        always_in_set=always_in_set, warnings=warnings, evaluation=evaluation, seconds=time.perf_counter() - t0,
     )
-    write_manifest(
-        out_path, stage="calibrate",
-        args={"pool_path": pool_path, "alpha": alpha, "bins": bins, "t_min": t_min,
-              "train_ids_path": train_ids_path, "evaluate_path": evaluate_path},
-        inputs=[pool_path, evaluate_path], outputs=[out_path], seconds=result.seconds, result=result,
-    )
+    with removed_on_failure(out_path):
+        write_manifest(
+            out_path, stage="calibrate",
+            args={"pool_path": pool_path, "alpha": alpha, "bins": bins, "t_min": t_min,
+                  "train_ids_path": train_ids_path, "evaluate_path": evaluate_path},
+            inputs=[pool_path, evaluate_path], outputs=[out_path], seconds=result.seconds, result=result,
+        )
     return result

@@ -7,6 +7,8 @@ Reads: an mmseg config, a checkpoint, an id list, images (and masks with ``with_
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -14,9 +16,15 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from alseg.errors import InputError
-from alseg.files.atomic import check_writable, partial_path
+from alseg.files.atomic import (
+    check_not_input,
+    check_writable,
+    holding_output_locks,
+    partial_path,
+    removed_on_failure,
+)
 from alseg.files.idlist import read_ids
-from alseg.files.manifest import write_manifest
+from alseg.files.manifest import manifest_path, write_manifest
 
 RESOLUTIONS = ("native", "full")
 
@@ -73,13 +81,26 @@ def _forward(model, batch: dict, taps, names: Sequence[str], *, resolution: str,
         vh, vw = min(lh, math.ceil(lh * h / big_h)), min(lw, math.ceil(lw * w / big_w))
         out_logits.append(logits[i, :, :vh, :vw].numpy())
         if with_labels:
-            mask = samples[i].gt_sem_seg.data.to(torch.float32)  # (1,h',w'); nearest keeps the ignore index
-            if tuple(mask.shape[-2:]) == (big_h, big_w):
-                mask = mask[:, :h, :w]  # padded with the batch: keep the image's part
-            mask = F.interpolate(mask[None], size=(vh, vw), mode="nearest")[0, 0].round().to(torch.int64)
+            from alseg.labels import labels_on_grid
+
+            mask = samples[i].gt_sem_seg.data[0]  # (h', w') label ids, ignore index kept
+            mask = (mask.round() if mask.is_floating_point() else mask).to(torch.int64)
+            if tuple(mask.shape) == (big_h, big_w):
+                mask = mask[:h, :w]  # padded with the batch: keep the image's part
+            if tuple(mask.shape) == (h, w):
+                # Each logit cell takes the label at its centre in the padded input the (lh, lw) grid spans
+                # (mmseg's align_corners=False geometry, docs/algorithms.md §9.1); centres in padding: ignore.
+                mask = F.pad(mask, (0, big_w - w, 0, big_h - h), value=ignore)
+                mask = labels_on_grid(mask, (lh, lw))[:vh, :vw]
+            else:  # a mask at another size than its image: the same centre rule over the valid cells
+                mask = labels_on_grid(mask, (vh, vw))
             mask[(mask < 0) | (mask > max(ignore, 255))] = ignore
             out_labels.append(mask.numpy())
     return out_logits, (out_labels if with_labels else None), embs
+
+
+def _sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
 def _same_size_groups(batch: dict) -> list[list[int]]:
@@ -90,6 +111,7 @@ def _same_size_groups(batch: dict) -> list[list[int]]:
     return list(groups.values())
 
 
+@holding_output_locks("out_path")  # for the whole run: a second infer to the same file fails at once
 def infer(
     config_path: str | os.PathLike,
     *,
@@ -109,13 +131,16 @@ def infer(
     progress: Callable[[int, int | None], None] | None = None,
 ) -> InferResult:
     """Write logits (float16, at the decode head's output resolution, or the input size with
-    ``resolution="full"``), optional labels (nearest-resized to the logits) and embeddings
+    ``resolution="full"``), optional labels (each logit cell takes the mask's label at the cell centre,
+    :func:`alseg.labels.labels_on_grid`) and embeddings
     (``bottleneck``, ``penultimate``, ``badge``; see :mod:`alseg.mm`) for every id in ``ids_path``.
 
     Ids are looked up in the config's ``split`` (``auto``: the first of train, val, test that holds them
     all) through mmseg's dataset classes and run through the config's test pipeline; images may differ in
     size (each is stored with its valid size, see :mod:`alseg.files.hdf5`).
-    ``resume`` continues an interrupted run from ``<out>.partial``, skipping ids already written.
+    ``resume`` continues an interrupted run from the finished batches in ``<out>.partial/``, after
+    checking that config, checkpoint, id list and options are the same (see :class:`PoolWriter`); the
+    result is the file an uninterrupted run writes. Two runs never write one output at once.
     """
     start = time.perf_counter()
     progress = progress or (lambda advance=1, total=None: None)
@@ -123,6 +148,8 @@ def infer(
         raise InputError(f"unknown resolution {resolution!r}; use native or full")
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1 (got {batch_size})")
+    check_not_input([out_path, manifest_path(out_path), partial_path(out_path)],
+                    [config_path, checkpoint_path, ids_path, data_root])
     out_path = check_writable(out_path, overwrite=overwrite)
     ids = read_ids(ids_path)
     if not ids:
@@ -131,7 +158,7 @@ def infer(
     from alseg import dataset as D
     from alseg import mm
     from alseg.device import resolve_device
-    from alseg.files.hdf5 import PoolWriter, sha256_file
+    from alseg.files.hdf5 import PoolWriter, check_pool_resume, sha256_file
 
     names = mm.check_embedding_names(embeddings)
     torch_device = resolve_device(device)
@@ -141,7 +168,17 @@ def infer(
     class_names = index.class_names or mm.class_names(cfg)
     ignore = index.ignore_index
     ckpt_sha = sha256_file(checkpoint_path) if Path(checkpoint_path).is_file() else None
-    model = mm.build_model(cfg, checkpoint_path, torch_device, checkpoint_sha256=ckpt_sha)
+    # What a resumed run must share with the interrupted one, or it would mix two models' rows.
+    fingerprint = dict(
+        model_config_sha256=mm.model_config_sha256(cfg),
+        test_pipeline_sha256=_sha256_json(D.test_pipeline(cfg, with_labels=with_labels)),
+        checkpoint_sha256=ckpt_sha or str(checkpoint_path),
+        ids_sha256=_sha256_json(ids),
+        split=index.split, data_root=str(index.data_root), resolution=resolution, embeddings=list(names),
+        batch_size=batch_size,  # the same batches as an uninterrupted run, hence the same numbers
+    )
+    check_pool_resume(out_path, overwrite=overwrite, resume=resume, fingerprint=fingerprint)  # before the model
+    model = mm.build_model(cfg, checkpoint_path, torch_device)
     n_classes = int(model.decode_head.out_channels)
     if n_classes != len(class_names):
         raise InputError(
@@ -198,22 +235,20 @@ def infer(
 
         writer = PoolWriter(
             out_path, class_names=class_names, logits_shape=shape, ignore_index=ignore, with_labels=with_labels,
-            embedding_dims=dims, embedding_attrs=emb_attrs, attrs=attrs, overwrite=overwrite,
-            resume=resume and partial_path(out_path).exists(),
+            embedding_dims=dims, embedding_attrs=emb_attrs, attrs=attrs, overwrite=overwrite, resume=resume,
+            fingerprint=fingerprint,
         )
         with writer:
-            done = set(writer.written_ids)
-            extra = [i for i in writer.written_ids if i not in set(ids)]
-            if extra:
-                raise InputError(f"{writer.tmp}: cannot resume: it holds id {extra[0]!r}, which is not in {ids_path}")
-            todo = [i for i in ids if i not in done]
-            n_resumed = len(ids) - len(todo)
+            n_resumed = len(writer.written_ids)
+            if writer.written_ids != ids[:n_resumed]:  # the fingerprint makes this a prefix; rows keep list order
+                raise InputError(f"{writer.tmp}: cannot resume: its images are not the first {n_resumed} of "
+                                 f"{ids_path}; pass --overwrite to start over")
+            todo = ids[n_resumed:]
             progress(0, len(ids))
             if n_resumed:
                 progress(n_resumed, None)
             loader = D.test_loader(cfg, index, todo, with_labels=with_labels, batch_size=batch_size)
             pos = 0
-            max_h, max_w = shape
             for batch in loader:
                 b = len(batch["inputs"])
                 batch_ids = todo[pos : pos + b]
@@ -222,13 +257,11 @@ def infer(
                 if len({lg.shape for lg in logits}) == 1:  # one size: the plain (b,K,h,w) path
                     logits = np.stack(logits)
                     labels = None if labels is None else np.stack(labels)
-                for lg in logits:
-                    max_h, max_w = max(max_h, lg.shape[-2]), max(max_w, lg.shape[-1])
                 writer.append(batch_ids, logits, labels=labels, embeddings=embs)
                 progress(b, None)
-            # ids in the file follow the id list when the run was not interrupted; after a resume they
-            # follow the order of writing, and ids are the join key either way.
-        shape = (max_h, max_w)
+            # Rows follow the id list, resumed or not: finished batches are a prefix of it.
+            writer.close(commit=True, keep_partial=True)
+        shape = writer.shape
 
     seconds = time.perf_counter() - start
     result = InferResult(
@@ -242,18 +275,20 @@ def infer(
         n_resumed=n_resumed,
         device=str(torch_device),
     )
-    write_manifest(
-        out_path,
-        stage="infer",
-        args=dict(
-            config_path=str(config_path), checkpoint_path=str(checkpoint_path), ids_path=str(ids_path),
-            out_path=str(out_path), data_root=None if data_root is None else str(data_root),
-            device=str(torch_device), batch_size=batch_size, with_labels=with_labels, embeddings=names,
-            resolution=resolution, resume=resume, split=index.split, cfg_options=dict(cfg_options or {}),
-        ),
-        inputs=[mm.find_config(config_path), checkpoint_path, ids_path],
-        outputs=[out_path],
-        seconds=seconds,
-        result=result,
-    )
+    with removed_on_failure(out_path):  # the partial folder stays: --resume assembles the file again
+        write_manifest(
+            out_path,
+            stage="infer",
+            args=dict(
+                config_path=str(config_path), checkpoint_path=str(checkpoint_path), ids_path=str(ids_path),
+                out_path=str(out_path), data_root=None if data_root is None else str(data_root),
+                device=str(torch_device), batch_size=batch_size, with_labels=with_labels, embeddings=names,
+                resolution=resolution, resume=resume, split=index.split, cfg_options=dict(cfg_options or {}),
+            ),
+            inputs=[mm.find_config(config_path), checkpoint_path, ids_path],
+            outputs=[out_path],
+            seconds=seconds,
+            result=result,
+        )
+    writer.discard_partial()
     return result

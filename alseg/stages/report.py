@@ -37,8 +37,8 @@ import numpy as np
 from alseg import __version__, stats
 from alseg.files.jsonfile import read_versioned_json
 from alseg.stages import no_progress as _noop
-from alseg.errors import InputError, OutputExistsError
-from alseg.files.atomic import atomic_path, write_text_atomic
+from alseg.errors import InputError, OutputError, OutputExistsError
+from alseg.files.atomic import atomic_path, check_not_input, write_text_atomic
 from alseg.files.idlist import read_ids
 from alseg.files.manifest import read_manifest
 
@@ -353,7 +353,7 @@ class ModelInfo:
     backbone: str | None = None
     decode_head: str | None = None
     n_classes: int | None = None
-    iterations: int | None = None  # training iterations per round
+    iterations: int | str | None = None  # training iterations per round (or the rule that sets them)
 
 
 @dataclass
@@ -432,6 +432,8 @@ def _model_info(exp: Experiment, warnings: list[str]) -> ModelInfo:
     """Config name and model types from the experiment's config, read by mmengine (the model is not built)."""
     value = exp.config.get("config")
     iterations = exp.config.get("max_iters") or exp.iterations
+    if exp.config.get("iters_per_image") is not None and exp.config.get("max_iters") is not None:
+        iterations = f"max({exp.config['max_iters']}, {exp.config['iters_per_image']} × labeled images)"
     if not value:
         return ModelInfo(None, None, iterations=iterations)
     path = Path(str(value))
@@ -463,7 +465,7 @@ def _model_info(exp: Experiment, warnings: list[str]) -> ModelInfo:
         iterations = cfg.train_cfg.get("max_iters")
     return ModelInfo(name, str(found), type_of(model) if model else None, type_of(model.get("backbone")),
                      type_of(head), int(n_classes) if n_classes is not None else None,
-                     int(iterations) if iterations is not None else None)
+                     iterations if iterations is None or isinstance(iterations, str) else int(iterations))
 
 
 def _class_curves(exp: Experiment, names: list[str]) -> dict[str, dict[str, stats.Curve]]:
@@ -828,7 +830,8 @@ def _fig_crc_thresholds(cal: dict[str, Any], style: _Style):
         ax.text(i, 0.5 * top, f"uncalibrated (n = {n_img[i]})", ha="center", va="center", fontsize=SMALL,
                 rotation=90, color="firebrick", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
     ax.bar(np.arange(k), t, color=colors, edgecolor="black", zorder=2)
-    ax.axhline(float(cal["t_min"]), color="grey", linestyle=":", linewidth=1, label=f"t_min = {cal['t_min']}")
+    ax.axhline(float(cal["t_min"]), color="grey", linestyle=":", linewidth=1,
+               label=f"t_min = {cal['t_min']} (uncalibrated classes only)")
     ax.set_xticks(np.arange(k), names, rotation=30 if k > 6 else 0, ha="right" if k > 6 else "center")
     ax.set_ylim(0, top)
     ax.set_ylabel("threshold t̂_k")
@@ -937,6 +940,10 @@ def report(
 
     out_path = Path(out_path)
     files_dir = out_path.with_name(out_path.stem + "_files")
+    check_not_input([out_path, files_dir], [exp_dir])
+    if out_path.is_file() and out_path.suffix.lower() not in (".html", ".htm") and Path(exp_dir).resolve() in \
+            out_path.resolve().parents:
+        raise OutputError(f"{out_path}: is a file of the experiment the report reads; write the report elsewhere")
     if not overwrite:
         if out_path.exists():
             raise OutputExistsError(f"{out_path}: output exists; pass --overwrite to replace it")
@@ -1174,7 +1181,8 @@ def _crc_context(cal: dict[str, Any], crc_run: RoundRun, exp: Experiment) -> dic
     return {
         "path": path.relative_to(exp.exp_dir) if path.is_relative_to(exp.exp_dir) else path,
         "alpha": cal["alpha"], "t_min": cal["t_min"], "evaluated": bool(ev),
-        "classes": [{"name": c, "uncalibrated": bool(cal["uncalibrated"][i]), "threshold": float(cal["thresholds"][i]),
+        "classes": [{"name": c, "uncalibrated": bool(cal["uncalibrated"][i]),
+                     "threshold": float(cal["query_thresholds"][i]),  # the one prediction sets use
                      "n_images": cal["n_images"][i], "fnr": fnr[i], "n_held_out": held[i]}
                     for i, c in enumerate(cal["class_names"])],
         "coverage": ev.get("coverage"), "mean_set_size": ev.get("mean_set_size"),

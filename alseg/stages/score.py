@@ -15,9 +15,9 @@ import numpy as np
 
 from alseg.stages import no_progress as _noop
 from alseg.errors import InputError, UnknownName
-from alseg.files.atomic import check_writable
+from alseg.files.atomic import check_not_input, check_writable, holding_output_locks, removed_on_failure
 from alseg.files.hdf5 import PoolReader, sha256_file, write_scores
-from alseg.files.manifest import write_manifest
+from alseg.files.manifest import manifest_path, write_manifest
 from alseg.registry import SCALAR_SCORES, SCORED, get_strategy
 
 Progress = Callable[..., None]
@@ -33,6 +33,7 @@ class ScoreResult:
     seconds: float = 0.0
 
 
+@holding_output_locks("out_path")
 def score(
     pool_path: str | Path,
     *,
@@ -59,22 +60,26 @@ def score(
                 "score its base score (e.g. --strategy entropy) and select with --base-score")
             raise UnknownName(f"strategy {name!r} has no `score` step ({hint}); scored strategies: {', '.join(SCORED)}")
     if aggregation not in S.AGGREGATIONS:
-        raise UnknownName(f"unknown aggregation {aggregation!r}; choose one of: {', '.join(S.AGGREGATIONS)}")
+        raise UnknownName(f"--aggregation: unknown {aggregation!r}; choose one of: {', '.join(S.AGGREGATIONS)}")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    if save_risk_maps < 0:
+        raise InputError(f"--save-risk-maps must be >= 0 (how many maps to keep), got {save_risk_maps}")
+    if not 0.0 < q <= 100.0:
+        raise InputError(f"--q (the top-q percentage) must be in (0, 100], got {q}")
+    check_not_input([out_path, manifest_path(out_path)], [pool_path, calibration_path])
     out_path = check_writable(out_path, overwrite=overwrite)
 
     calibration = None
     if "crc" in names:
         if calibration_path is None:
             raise InputError("strategy 'crc' needs --calibration crc.json (from `alseg calibrate`)")
-        from alseg.files.calibration import read_calibration
+        from alseg.files.calibration import check_matches_pool, read_calibration
 
         calibration = read_calibration(calibration_path)
     with PoolReader(pool_path) as pool:
-        if calibration is not None and calibration["n_classes"] != pool.n_classes:
-            raise InputError(
-                f"{calibration_path}: calibrated for {calibration['n_classes']} classes, "
-                f"but {pool_path} has {pool.n_classes}"
-            )
+        if calibration is not None:
+            check_matches_pool(calibration, calibration_path, pool.class_names, pool_path)
         n, k = len(pool), pool.n_classes
         h, w = pool.shape
         scores: dict[str, np.ndarray] = {}
@@ -97,7 +102,8 @@ def score(
         if calibration is not None:
             from alseg import crc as C
 
-            thresholds = np.asarray(calibration["thresholds"], dtype=np.float64)
+            # t̂ for calibrated classes (even 0), t_min for uncalibrated ones: as the file records them
+            thresholds = np.asarray(calibration["query_thresholds"], dtype=np.float64)
             t_min = float(calibration["t_min"])
             scores["crc"] = np.empty(n, dtype=np.float64)
             embeddings["crc"] = np.empty((n, k * k), dtype=np.float32)
@@ -121,7 +127,7 @@ def score(
             if "badge" in names:
                 embeddings["badge-logit"][sl] = S.badge_logit_rows(logits, badge)
             if calibration is not None:
-                u, v, maps = C.crc_image_scores(probs, thresholds, t_min=t_min, return_risk_maps=save_risk_maps > 0)
+                u, v, maps = C.crc_image_scores(probs, thresholds, return_risk_maps=save_risk_maps > 0)
                 scores["crc"][sl] = u
                 embeddings["crc"][sl] = v
                 if save_risk_maps > 0:
@@ -144,11 +150,12 @@ def score(
         datasets=[f"scores/{s}" for s in scores] + [f"embeddings/{e}" for e in embeddings],
         seconds=time.perf_counter() - t0,
     )
-    write_manifest(
-        out_path, stage="score",
-        args={"pool_path": pool_path, "strategies": names, "calibration_path": calibration_path,
-              "aggregation": aggregation, "q": q, "save_risk_maps": save_risk_maps},
-        inputs=[pool_path, calibration_path], outputs=[out_path], seconds=result.seconds, result=result,
-    )
+    with removed_on_failure(out_path):
+        write_manifest(
+            out_path, stage="score",
+            args={"pool_path": pool_path, "strategies": names, "calibration_path": calibration_path,
+                  "aggregation": aggregation, "q": q, "save_risk_maps": save_risk_maps},
+            inputs=[pool_path, calibration_path], outputs=[out_path], seconds=result.seconds, result=result,
+        )
     return result
 

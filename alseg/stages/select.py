@@ -7,6 +7,8 @@ its manifest and, with ``update``, the labeled list with the selection appended.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +18,19 @@ import numpy as np
 
 from alseg.stages import no_progress as _noop
 from alseg.errors import EmptyPoolError, InputError, UnknownName
-from alseg.files.atomic import check_writable
+from alseg.files.atomic import (
+    check_not_input,
+    check_writable,
+    fsync_dir,
+    holding_output_locks,
+    removed_on_failure,
+    temp_path,
+    write_bytes_atomic,
+    write_error,
+)
 from alseg.files.hdf5 import PoolReader, ScoresReader
-from alseg.files.idlist import append_ids, read_ids, write_ids
-from alseg.files.manifest import write_manifest
+from alseg.files.idlist import read_ids, write_ids
+from alseg.files.manifest import manifest_path, write_manifest
 from alseg.registry import SCALAR_SCORES, get_strategy
 
 BADGE_EMBEDDINGS = ("logit", "last-layer")
@@ -53,6 +64,24 @@ class _Sources:
         if self.pool_path is None:
             raise InputError(f"{what} needs --pool pool.h5 (from `alseg infer`)")
         return PoolReader(self.pool_path)
+
+    def check_same_pool(self) -> None:
+        """With both --scores and --pool, the scores must have been computed from this very pool file."""
+        if self.scores_path is None or self.pool_path is None:
+            return
+        with ScoresReader(self.scores_path) as s:
+            recorded, score_ids = s.attrs.get("pool_sha256"), set(s.ids)
+        if recorded:
+            from alseg.files.hdf5 import sha256_file
+
+            if recorded != sha256_file(self.pool_path):
+                raise InputError(f"{self.scores_path}: scored from another pool file than {self.pool_path} "
+                                 "(its pool_sha256 differs); rerun `alseg score` on this pool")
+            return
+        with PoolReader(self.pool_path) as p:
+            if set(p.ids) != score_ids:
+                raise InputError(f"{self.scores_path}: holds other ids than {self.pool_path}; rerun `alseg score` on "
+                                 "this pool")
 
     def file_ids(self) -> list[str]:
         if self.scores_path is not None:
@@ -98,21 +127,20 @@ class _Sources:
                 "or --pool pool.h5 with --calibration crc.json"
             )
         from alseg import crc as C
-        from alseg.files.calibration import read_calibration
+        from alseg.files.calibration import check_matches_pool, read_calibration
         from alseg.strategies import check_finite, softmax
 
         cal = read_calibration(self.calibration_path)
-        thresholds = np.asarray(cal["thresholds"], dtype=np.float64)
+        thresholds = np.asarray(cal["query_thresholds"], dtype=np.float64)  # only uncalibrated classes floored
         u = np.empty(len(ids), dtype=np.float64)
         v = None
         with self.need_pool("strategy 'crc' without --scores") as pool:
-            if pool.n_classes != cal["n_classes"]:
-                raise InputError(f"{self.calibration_path}: {cal['n_classes']} classes, pool has {pool.n_classes}")
+            check_matches_pool(cal, self.calibration_path, pool.class_names, self.pool_path)
             v = np.empty((len(ids), pool.n_classes**2), dtype=np.float32)
             row = 0
             for batch_ids, logits, _ in pool.iter_batches(self.batch_size, ids=ids):
                 check_finite(logits, batch_ids)
-                bu, bv, _ = C.crc_image_scores(softmax(logits, axis=1), thresholds, t_min=float(cal["t_min"]))
+                bu, bv, _ = C.crc_image_scores(softmax(logits, axis=1), thresholds)
                 u[row : row + len(batch_ids)], v[row : row + len(batch_ids)] = bu, bv
                 row += len(batch_ids)
                 self.progress(len(batch_ids))
@@ -177,6 +205,48 @@ def _split_labeled(labeled: list[str], available: set[str], source: str, warning
     return refs
 
 
+def _write_updating_labeled(out_path: Path, chosen: list[str], labeled_path: Path, labeled: list[str],
+                            manifest: dict) -> None:
+    """All or nothing: the selection, its manifest and the updated labeled list, or none of them.
+
+    The new list goes to a temporary file first (the likeliest failure: its folder read-only or full),
+    then the selection and its manifest; the list is renamed into place last. Any failure removes the
+    temporary and puts back what was at ``out_path`` and its manifest (absent, or what --overwrite
+    replaced), so a rerun starts from the same state. (Killed between the last two renames, the
+    selection is there and the list not yet: a rerun with --overwrite selects the same batch again.)
+    """
+    outputs = [out_path, manifest_path(out_path)]
+    previous = {p: p.read_bytes() for p in outputs if p.is_file()}
+    tmp = temp_path(labeled_path)
+    try:
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write("".join(f"{i}\n" for i in labeled).encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise write_error(labeled_path, exc) from None
+        write_ids(out_path, chosen)
+        write_manifest(out_path, **manifest)
+        try:
+            os.replace(tmp, labeled_path)
+        except OSError as exc:
+            raise write_error(labeled_path, exc) from None
+        fsync_dir(labeled_path.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        for p in outputs:
+            with contextlib.suppress(Exception):
+                if p in previous:
+                    write_bytes_atomic(p, previous[p])
+                else:
+                    p.unlink(missing_ok=True)
+        raise
+
+
+# Both outputs are locked for the whole call: the labeled list must not change between reading and updating it.
+@holding_output_locks("out_path", labeled_path="update")
 def select(
     strategy: str,
     *,
@@ -214,6 +284,8 @@ def select(
         raise InputError(f"--stochastic applies to scalar scores ({', '.join(SCALAR_SCORES)}, crc), not {strategy!r}")
     if groups is not None and groups < 1:
         raise InputError(f"--groups must be at least 1, got {groups}")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     if base_score not in SCALAR_SCORES:
         raise UnknownName(f"unknown --base-score {base_score!r}; choose one of: {', '.join(SCALAR_SCORES)}")
     if embedding not in POOL_EMBEDDINGS:
@@ -224,11 +296,17 @@ def select(
         raise UnknownName(f"unknown --selector {selector!r}; choose one of: {', '.join(CRC_SELECTORS)}")
     if not 0.0 <= tau <= 1.0:
         raise InputError(f"--tau must be in [0, 1], got {tau}")
+    inputs = [pool_path, scores_path, pool_ids_path, calibration_path]
+    # --update rewrites --labeled, which is also an input by design; --out must be neither
+    check_not_input([out_path, manifest_path(out_path)], [labeled_path, *inputs])
+    if update:
+        check_not_input([labeled_path], inputs)
     out_path = check_writable(out_path, overwrite=overwrite)
     labeled = read_ids(labeled_path)
     labeled_set = set(labeled)
     src = _Sources(pool_path, scores_path, calibration_path, aggregation=aggregation, q=q,
                    batch_size=batch_size, progress=progress)
+    src.check_same_pool()
 
     if pool_ids_path is not None:
         candidates, cand_src = read_ids(pool_ids_path), str(pool_ids_path)
@@ -293,24 +371,24 @@ def select(
 
     chosen = [str(i) for i in chosen]
     assert len(chosen) == len(set(chosen)) == budget and not (set(chosen) & labeled_set)
-    write_ids(out_path, chosen)
-    updated = None
-    if update:
-        append_ids(labeled_path, chosen)
-        updated = str(labeled_path)
     result = SelectResult(
         out_path=str(out_path), strategy=strategy, selected=chosen, budget=budget, n_unlabeled=len(unlabeled),
-        n_labeled=len(labeled), seed=seed, warnings=warnings, labeled_updated=updated,
+        n_labeled=len(labeled), seed=seed, warnings=warnings, labeled_updated=str(labeled_path) if update else None,
         seconds=time.perf_counter() - t0,
     )
-    write_manifest(
-        out_path, stage="select",
+    manifest = dict(
+        stage="select",
         args={"strategy": strategy, "budget": budget, "labeled_path": labeled_path, "pool_path": pool_path,
               "scores_path": scores_path, "pool_ids_path": pool_ids_path, "calibration_path": calibration_path,
               "seed": seed, "stochastic": stochastic, "groups": groups, "base_score": base_score,
               "embedding": embedding, "badge_embedding": badge_embedding, "tau": tau, "selector": selector,
               "aggregation": aggregation, "q": q, "update": update},
-        inputs=[labeled_path, pool_path, scores_path, pool_ids_path, calibration_path], outputs=[out_path],
-        seconds=result.seconds, result=result,
+        inputs=[labeled_path, *inputs], outputs=[out_path], seconds=result.seconds, result=result,
     )
+    if update:
+        _write_updating_labeled(out_path, chosen, Path(labeled_path), labeled + chosen, manifest)
+    else:
+        write_ids(out_path, chosen)
+        with removed_on_failure(out_path):
+            write_manifest(out_path, **manifest)
     return result

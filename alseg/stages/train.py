@@ -2,16 +2,24 @@
 
 Reads: an mmseg config, the labeled id list (a subset of the config's train split), images and masks
 under ``data_root``, the config's val split (or a subset of it). Writes into ``work_dir``: ``checkpoint.pth`` (final weights,
-an mmengine checkpoint), ``metrics.json`` (format ``alseg.metrics``) and ``manifest.json``; mmengine adds
-its own timestamped log folder.
+a plain dict of tensors that ``torch.load(weights_only=True)`` reads) with ``checkpoint.json`` beside it (class
+names, palette, iteration; see :mod:`alseg.files.checkpoint`), ``metrics.json`` (format ``alseg.metrics``) and
+``manifest.json``; mmengine adds its own timestamped log folder.
+
+Checkpoints the config makes mmengine load (``load_from``, ``Pretrained`` init) are read first through alseg's
+safe loader, before anything is written; a work dir this call created is removed again when it fails.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
+import pickle
+import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from alseg.errors import InputError, OutputExistsError
-from alseg.files.atomic import write_text_atomic
+from alseg.files.atomic import check_not_input, write_text_atomic
 from alseg.files.idlist import read_ids
 from alseg.files.manifest import to_jsonable, write_manifest
 
@@ -57,6 +65,55 @@ def _summarise(metrics: Mapping[str, Any], names: list[str], iteration: int) -> 
     }
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The topmost folder of ``path`` that does not exist yet: what creating ``path`` would create."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _removes_created_work_dir(fn):
+    """On any failure, remove the work dir (and the parents) this call created: none is left half-made."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any):
+        created = _first_missing(Path(kwargs["work_dir"]))
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+
+    return wrapper
+
+
+def _check_config_checkpoints(cfg, config_path) -> None:
+    """Read every local checkpoint the runner would load (``load_from``, ``Pretrained`` init) through
+    :func:`~alseg.files.checkpoint.load_weights_only`, so a refused or missing file fails before the runner
+    exists. URLs (``https://``, ``open-mmlab://``) are left to mmengine, which loads them with
+    ``torch.load(weights_only=True)`` under the same allowlist."""
+    from alseg import mm
+    from alseg.files.checkpoint import load_weights_only
+
+    if cfg.get("resume"):
+        raise InputError(f"{config_path}: resume=True: alseg train starts a fresh run in --work-dir; to start "
+                         "from a checkpoint's weights set load_from=<checkpoint> instead")
+    seen: set[str] = set()
+    for key, name in mm.config_checkpoints(cfg):
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", name) or name in seen:
+            continue
+        seen.add(name)
+        try:
+            load_weights_only(name)
+        except InputError as exc:
+            raise InputError(f"{key}: {exc}") from None
+
+
+@_removes_created_work_dir
 def train(
     config_path: str | os.PathLike,
     *,
@@ -84,6 +141,12 @@ def train(
     work_dir = Path(work_dir)
     checkpoint_path = work_dir / "checkpoint.pth"
     metrics_path = work_dir / "metrics.json"
+    # what train writes must not be what it reads (a work dir named like the labeled list, or the data root)
+    check_not_input([work_dir, checkpoint_path, metrics_path, work_dir / "manifest.json", work_dir / "checkpoint.json"],
+                    [config_path, labeled_path, val_ids_path, data_root])
+    blocked = next((p for p in (work_dir, *work_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise InputError(f"{blocked}: is a file; --work-dir must be a folder (or a path alseg can create)")
     if checkpoint_path.exists() and not overwrite:
         raise OutputExistsError(f"{checkpoint_path}: output exists; pass --overwrite to replace it")
     labeled = read_ids(labeled_path)
@@ -150,9 +213,12 @@ def train(
         if cfg.default_hooks.get("logger"):
             cfg.default_hooks.logger.interval = max(int(cfg.default_hooks.logger.get("interval", 50)), 1)
     total = int(cfg.train_cfg.max_iters)
+    _check_config_checkpoints(cfg, config_path)
     work_dir.mkdir(parents=True, exist_ok=True)
 
     from mmengine.runner import Runner
+
+    from alseg.files.checkpoint import allow_runner_checkpoints, refusal, sidecar_path, write_checkpoint
 
     progress_hook, metrics_hook = mm.make_train_hooks(progress, total)
     # mmengine logs to stdout; alseg's stdout carries only the result, so its console goes to stderr.
@@ -168,19 +234,28 @@ def train(
         runner.register_hook(progress_hook, priority="LOWEST")
         runner.register_hook(metrics_hook, priority="LOWEST")
         runner.model.to(torch_device)  # the runner picks cuda when present; --device wins
-        runner.train()
+        try:
+            with allow_runner_checkpoints():  # mmengine's own torch.load of load_from / Pretrained weights
+                runner.train()
+        except pickle.UnpicklingError as exc:
+            raise refusal("a checkpoint the config names (load_from or a Pretrained init_cfg)", exc) from None
+        except InputError as exc:
+            # raised in a DataLoader worker, it comes back with the worker's traceback in its message
+            last = str(exc).strip().splitlines()[-1]
+            raise InputError(last.removeprefix("alseg.errors.InputError: ")) from None
         if not metrics_hook.history or metrics_hook.history[-1]["iteration"] != runner.iter:
             runner.val()
     history = [_summarise(h["metrics"], names, h["iteration"]) for h in metrics_hook.history]
     final = history[-1]
     best = max(history, key=lambda h: -1.0 if h["mIoU"] is None else h["mIoU"])
 
-    tmp_name = "checkpoint.pth.partial"
-    with contextlib.redirect_stdout(sys.stderr):
-        runner.save_checkpoint(
-            str(work_dir), tmp_name, save_optimizer=False, save_param_scheduler=False, by_epoch=False
-        )
-    os.replace(work_dir / tmp_name, checkpoint_path)
+    from mmengine.model import is_model_wrapper
+
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    metainfo = getattr(runner.train_dataloader.dataset, "metainfo", None) or {}
+    dataset_meta = {"classes": list(names), "palette": metainfo.get("palette")}
+    write_checkpoint(checkpoint_path, model.state_dict(), dataset_meta=dataset_meta, iteration=int(runner.iter),
+                     model_config_sha256=mm.model_config_sha256(cfg))
 
     doc = {
         "format": METRICS_FORMAT,
@@ -219,7 +294,7 @@ def train(
             cfg_options=dict(cfg_options or {}),
         ),
         inputs=[mm.find_config(config_path), labeled_path, val_ids_path],
-        outputs=[checkpoint_path, metrics_path],
+        outputs=[checkpoint_path, sidecar_path(checkpoint_path), metrics_path],
         seconds=seconds,
         result=result,
     )
