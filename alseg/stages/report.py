@@ -204,7 +204,7 @@ def collect(exp_dir: str | Path) -> Experiment:
         raise InputError(f"{exp_dir}: experiment directory not found")
     toml_path = exp_dir / "experiment.toml"
     if not toml_path.is_file():
-        raise InputError(f"{toml_path}: not found; is {exp_dir} an experiment written by `alseg run`?")
+        return collect_by_hand(exp_dir)
     try:
         config = tomllib.loads(toml_path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -276,6 +276,84 @@ def collect(exp_dir: str | Path) -> Experiment:
         config=config, warnings=warnings, full_per_class_iou=full_per_class,
         pool_size=_pool_size(exp_dir, config, warnings), iterations=iterations,
     )
+
+
+def _natural_key(path: Path) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def collect_by_hand(exp_dir: Path) -> Experiment:
+    """Rounds made by hand (README's loop): each round folder holds a training work dir with
+    ``metrics.json`` (``r1/model/metrics.json``) and, once selected, ``selected.txt``; ``pool.h5``,
+    ``scores.h5`` and ``crc.json`` beside them feed the gallery and the CRC section when present.
+
+    Round folders directly in ``exp_dir`` form one curve, named after the strategy their selections'
+    manifests record (``"by hand"`` if none or several); folders of round folders (``margin/r1``,
+    ``random/r1``) form one curve each. Rounds are ordered by labeled-set size; seed 0.
+    """
+    found = []
+    for metrics in sorted(exp_dir.glob("**/metrics.json")):
+        rel = metrics.relative_to(exp_dir).parts
+        if len(rel) < 3 or len(rel) > 4:  # round/work_dir/metrics.json or group/round/work_dir/metrics.json
+            continue
+        try:
+            m = read_metrics_detail(metrics)
+        except InputError:
+            continue  # another tool's metrics.json
+        found.append((metrics, m))
+    if not found:
+        raise InputError(f"{exp_dir}: neither an `alseg run` experiment (no experiment.toml) nor rounds made by hand "
+                         "(no <round>/<work dir>/metrics.json from `alseg train`)")
+    groups: dict[Path, list[tuple[Path, Path, Metrics]]] = {}
+    for metrics, m in found:
+        round_dir = metrics.parent.parent
+        groups.setdefault(round_dir.parent, []).append((round_dir, metrics, m))
+    runs: list[RoundRun] = []
+    strategies: list[str] = []
+    config: dict[str, Any] = {"name": exp_dir.name}
+    for group_dir in sorted(groups, key=_natural_key):
+        rounds = sorted(groups[group_dir], key=lambda t: (t[2].n_labeled or 0, _natural_key(t[0])))
+        named = set()
+        for round_dir, _, _ in rounds:
+            sel = round_dir / "selected.txt.manifest.json"
+            if sel.is_file():
+                named.add(str(read_manifest(sel).get("args", {}).get("strategy", "")))
+        name = group_dir.name if group_dir != exp_dir else (named.pop() if len(named) == 1 else "by hand")
+        name = name or "by hand"
+        strategies.append(name)
+        for index, (round_dir, metrics, m) in enumerate(rounds):
+            def beside(file: str) -> Path | None:
+                return (round_dir / file) if (round_dir / file).is_file() else None
+
+            runs.append(RoundRun(
+                0, name, index, _n_labeled(round_dir, metrics, m.n_labeled), m.miou, round_dir,
+                _stage_seconds_by_hand(round_dir, metrics.parent), read_ids(round_dir / "selected.txt", allow_missing=True),
+                pool_path=beside("pool.h5"), scores_path=beside("scores.h5"), crc_path=beside("crc.json"),
+                per_class_iou=m.per_class_iou,
+            ))
+            train_manifest = metrics.parent / "manifest.json"
+            if "config" not in config and train_manifest.is_file():
+                args = read_manifest(train_manifest).get("args", {})
+                if args.get("config_path"):
+                    config["config"] = str(args["config_path"])
+                if args.get("data_root"):
+                    config["data_root"] = str(args["data_root"])
+    data_root = Path(config["data_root"]) if config.get("data_root") else None
+    return Experiment(
+        exp_dir=exp_dir, name=exp_dir.name, data_root=data_root, seeds=[0], strategies=strategies, runs=runs,
+        full_miou=None, config=config, warnings=[], iterations=found[0][1].iterations,
+    )
+
+
+def _stage_seconds_by_hand(round_dir: Path, work_dir: Path) -> dict[str, float]:
+    """Seconds per stage of a hand-made round: the manifests beside its outputs and in its work dir."""
+    seconds = _stage_seconds(round_dir)
+    manifest = work_dir / "manifest.json"
+    if work_dir != round_dir / "train" and manifest.is_file():
+        doc = read_manifest(manifest)
+        if doc.get("stage") and isinstance(doc.get("seconds"), (int, float)):
+            seconds[doc["stage"]] = seconds.get(doc["stage"], 0.0) + float(doc["seconds"])
+    return seconds
 
 
 def _pool_size(exp_dir: Path, config: dict[str, Any], warnings: list[str]) -> int | None:
