@@ -15,11 +15,29 @@ app = typer.Typer(
         "plain files (HDF5 of logits/embeddings, id lists, JSON), so any stage can be rerun by hand."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import platform
+
+        from alseg import __version__
+
+        typer.echo(f"alseg {__version__} (Python {platform.python_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", "-V", help="Print alseg's version and exit.",
+                                 callback=_print_version, is_eager=True),
+) -> None:
+    """Active learning for semantic segmentation on mmsegmentation."""
 
 
 def _register() -> None:

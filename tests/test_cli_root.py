@@ -1,0 +1,30 @@
+"""The root command: --version, shell completion, one-line usage errors (through the real entry point)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from alseg import __version__
+
+
+def alseg(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alseg.commands", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_version():
+    r = alseg("--version")
+    assert r.returncode == 0 and r.stdout.startswith(f"alseg {__version__} (Python ")
+
+
+def test_completion_script_names_the_program():
+    r = alseg("--show-completion", "bash")
+    assert r.returncode == 0 and "_alseg_completion" in r.stdout and "complete " in r.stdout
+
+
+def test_usage_errors_are_one_line_with_exit_code_2():
+    r = alseg("score", "--strategy", "margin", "--out", "x.h5", "p.h5", "--batch-size", "many")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("error: alseg score: Invalid value for '--batch-size'") and "alseg score --help" in r.stderr
+    r = alseg("nope")
+    assert r.returncode == 2 and r.stderr == "error: alseg: No such command 'nope'. (see `alseg --help`)\n"
