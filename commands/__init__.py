@@ -53,6 +53,8 @@ def _register() -> None:
         ("score", "score"),
         ("calibrate", "calibrate"),
         ("select", "select"),
+        ("export", "export"),
+        ("import", "import_masks"),
         ("run", "run"),
         ("report", "report"),
         ("device", "device"),
