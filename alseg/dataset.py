@@ -28,6 +28,10 @@ LOADER_KEYS = {"train": "train_dataloader", "val": "val_dataloader", "test": "te
 WRAPPERS_ONE = ("RepeatDataset", "ClassBalancedDataset")
 WRAPPERS_MANY = ("ConcatDataset",)
 SUBSET_TYPE = "AlsegSubset"
+# Debugging aid: with ALSEG_RECORD_SAMPLES=PATH set, each AlsegSubset appends "<rank> <split> <id>" to
+# PATH.<rank> for every sample it is asked for (rank: torchrun's RANK, else 0); tests read which ids each
+# rank of a distributed training loaded.
+RECORD_ENV = "ALSEG_RECORD_SAMPLES"
 
 
 def check_id(image_id: str, source: str) -> None:
@@ -222,7 +226,8 @@ def register_subset() -> str:
         """The samples of ``dataset`` whose ids are listed in ``ids_file``, through the dataset's own pipeline.
 
         Wrappers are unwrapped (an infinite sampler makes ``RepeatDataset`` moot). A sample whose pipeline
-        returns ``None`` is replaced by another listed sample, never by an unlisted one.
+        returns ``None`` is replaced by another listed sample, never by an unlisted one. Under DDP mmengine's
+        samplers (``InfiniteSampler``, ``DefaultSampler``) give each rank a disjoint share of the indices.
         """
 
         def __init__(self, dataset: dict, ids_file: str, split: str = "train", seed: int = 0, lazy_init: bool = False):
@@ -236,6 +241,8 @@ def register_subset() -> str:
             self.ids = list(ids)
             self.index.check_files(ids, masks=True, source=str(ids_file))
             self._rng = np.random.default_rng(seed)
+            self.split = split
+            self._record = os.environ.get(RECORD_ENV) or None
 
         @property
         def metainfo(self) -> dict:
@@ -252,6 +259,10 @@ def register_subset() -> str:
             return self.index.leaves[leaf].get_data_info(idx)
 
         def __getitem__(self, k: int):
+            if self._record:  # see RECORD_ENV; a worker process inherits RANK from its rank
+                rank = os.environ.get("RANK", "0")
+                with open(f"{self._record}.{rank}", "a", encoding="utf-8") as fh:
+                    fh.write(f"{rank} {self.split} {self.ids[k]}\n")
             for _ in range(50):
                 leaf, idx = self.rows[k]
                 try:

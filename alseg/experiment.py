@@ -11,6 +11,8 @@ from typing import Any
 from alseg.errors import InputError
 from alseg.registry import STRATEGIES
 
+TRAIN_LAUNCHERS = ("torchrun",)  # how `run` starts a training of nproc processes (docs/experiment.md)
+
 
 @dataclass
 class Experiment:
@@ -33,6 +35,8 @@ class Experiment:
     full_supervision: bool = False
     calib_size: int | None = None  # carve this many calibration ids out of the pool (when calib_ids is absent)
     cfg_options: dict[str, Any] = field(default_factory=dict)
+    nproc: int = 1  # training processes per node; > 1: each round trains under torchrun (DDP)
+    launcher: str | None = None  # "torchrun": a subprocess per training (the default when nproc > 1)
 
     @property
     def rounds(self) -> int:
@@ -61,9 +65,9 @@ class Experiment:
         lines = [f"# resolved from {self.path}"]
         for key in ("name", "config", "data_root", "pool_ids", "val_ids", "calib_ids", "sizes", "seeds",
                     "strategies", "device", "max_iters", "iters_per_image", "batch_size", "infer_batch_size",
-                    "full_supervision", "calib_size"):
+                    "full_supervision", "calib_size", "nproc", "launcher"):
             value = getattr(self, key)
-            if value is not None:
+            if value is not None and not (key == "nproc" and value == 1):
                 lines.append(f"{key} = {q(value)}")
         if self.cfg_options:
             lines.append("\n[cfg_options]")
@@ -107,7 +111,7 @@ def load_experiment(path: str | Path) -> Experiment:
 
     known = {"name", "config", "data_root", "pool_ids", "val_ids", "calib_ids", "initial", "budget", "rounds",
              "sizes", "seeds", "strategies", "params", "device", "max_iters", "iters_per_image", "batch_size",
-             "infer_batch_size", "full_supervision", "calib_size", "cfg_options"}
+             "infer_batch_size", "full_supervision", "calib_size", "cfg_options", "nproc", "launcher"}
     required = ["config", "strategies"]
     required += [] if "sizes" in doc else ["initial", "budget", "rounds"]
     missing = [key for key in required if key not in doc]
@@ -161,6 +165,10 @@ def load_experiment(path: str | Path) -> Experiment:
     batch_size = typed("batch_size", int, "a positive integer", minimum=1)
     infer_batch_size = typed("infer_batch_size", int, "a positive integer", default=8, minimum=1)
     full_supervision = typed("full_supervision", bool, "true or false", default=False)
+    nproc = typed("nproc", int, "a positive integer (training processes per node)", default=1, minimum=1)
+    launcher = typed("launcher", str, f"one of: {', '.join(TRAIN_LAUNCHERS)}")
+    if launcher is not None and launcher not in TRAIN_LAUNCHERS:
+        raise InputError(f"{path}: launcher must be one of: {', '.join(TRAIN_LAUNCHERS)}, got {launcher!r}")
     params_doc = doc.get("params", {})
     if not isinstance(params_doc, dict) or not all(isinstance(v, dict) for v in params_doc.values()):
         raise InputError(f"{path}: params must hold tables, e.g. [params.crc] then alpha = 0.1")
@@ -192,7 +200,7 @@ def load_experiment(path: str | Path) -> Experiment:
         seeds=seeds, strategies=list(strategies), params=params, device=str(doc.get("device", "auto")),
         max_iters=max_iters, iters_per_image=iters_per_image, batch_size=batch_size, infer_batch_size=infer_batch_size,
         full_supervision=full_supervision,
-        calib_size=calib_size, cfg_options=cfg_options,
+        calib_size=calib_size, cfg_options=cfg_options, nproc=nproc, launcher=launcher,
     )
     for key in ("config", "data_root", "pool_ids", "val_ids", "calib_ids"):
         value = getattr(exp, key)

@@ -22,8 +22,11 @@ def main(
     device: Device = "auto",
     seed: Seed = 0,
     max_iters: Annotated[Optional[int], typer.Option("--max-iters", help="Training iterations (default: the config's).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per training batch (default: the config's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per training batch, per process under torchrun (default: the config's).")] = None,
     cfg_options: CfgOptions = None,
+    launcher: Annotated[str, typer.Option("--launcher", help="How the processes were started: auto (pytorch when "
+                                          "torchrun's RANK/WORLD_SIZE/LOCAL_RANK are set, else none), none (one "
+                                          "process), pytorch (torchrun) or slurm (srun, CUDA).")] = "auto",
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     json: Json = False,
@@ -35,19 +38,27 @@ def main(
     Writes: WORK_DIR/checkpoint.pth (weights, read with torch.load(weights_only=True)) and checkpoint.json,
     WORK_DIR/metrics.json (mIoU in percent), WORK_DIR/manifest.json.
 
+    On N processes: torchrun --nproc-per-node N -m alseg.commands train ... (DDP; --batch-size is per
+    process; rank 0 writes the outputs and prints the result).
+
     Example: alseg train demo_unet_tiny --labeled labeled.txt --work-dir runs/r0 --data-root data/demo
     """
     from alseg.files.manifest import to_jsonable
     from alseg.mm import parse_cfg_options
-    from alseg.stages.train import train
+    from alseg.stages.train import LAUNCHERS, detect_launch, train
 
+    if launcher not in LAUNCHERS:
+        raise typer.BadParameter(f"{launcher!r} is not one of: {', '.join(LAUNCHERS)}", param_hint="--launcher")
     options = parse_cfg_options(cfg_options or [])
-    with progress_bar("train", quiet=quiet) as progress:
+    is_main = detect_launch(launcher).is_main  # ranks other than 0 show no bar and print nothing
+    with progress_bar("train", quiet=quiet or not is_main) as progress:
         result = train(
             config, labeled_path=labeled, work_dir=work_dir, data_root=data_root, val_ids_path=val_ids,
             device=device, seed=seed, max_iters=max_iters, batch_size=batch_size, overwrite=overwrite,
-            cfg_options=options, progress=progress,
+            cfg_options=options, progress=progress, launcher=launcher,
         )
+    if result is None:
+        return
     from rich.table import Table
 
     table = Table(title=f"train: {result.n_labeled} labeled, {result.iterations} iterations, {result.seconds:.0f} s")

@@ -7,17 +7,24 @@ into ``EXP/seed-S/STRATEGY/round-RR/`` (docs/experiment.md). ``random`` never ru
 Resume: after each step a record ``<output>.step.json`` stores the step's arguments and the sha256 of its
 inputs. Rerunning skips a step when its record matches and its outputs exist; a changed input (say a new
 checkpoint) changes a digest and reruns that step and, through its new outputs, everything downstream.
+
+Training on several processes (``nproc = N`` in the experiment): each ``train`` step runs
+``python -m torch.distributed.run --standalone --nproc-per-node N -m alseg.commands train ... --json`` as a
+subprocess (:func:`torchrun_train_command`) and reads the work dir it writes, as an in-process training's.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from alseg.errors import InputError
+from alseg.errors import AlsegError, InputError
 from alseg.experiment import Experiment, load_experiment, round_dir, seed_dir
 from alseg.files.atomic import write_text_atomic
 from alseg.files.hdf5 import sha256_file
@@ -121,11 +128,21 @@ class _Runner:
         max_iters = exp.iterations(len(read_ids(labeled)))
         args = {"config": exp.config, "labeled": labeled, "seed": seed, "max_iters": max_iters,
                 "batch_size": exp.batch_size, "val_ids": exp.val_ids, "data_root": exp.data_root,
-                **({"cfg_options": exp.cfg_options} if exp.cfg_options else {})}
-        self.step(where, "train", ckpt, args, [exp.config, labeled, exp.val_ids], lambda progress: train(
-            exp.config, labeled_path=labeled, work_dir=work_dir, data_root=exp.data_root, val_ids_path=exp.val_ids,
-            device=self.device, seed=seed, max_iters=max_iters, batch_size=exp.batch_size, overwrite=True,
-            cfg_options=exp.cfg_options, progress=progress))
+                **({"cfg_options": exp.cfg_options} if exp.cfg_options else {}),
+                **({"nproc": exp.nproc} if exp.nproc > 1 else {})}  # N processes: N x batch_size per step
+
+        def fn(progress: Callable[..., None]) -> None:
+            if exp.nproc > 1 or exp.launcher == "torchrun":
+                command = torchrun_train_command(exp, labeled=labeled, work_dir=work_dir, seed=seed,
+                                                 max_iters=max_iters, device=self.device)
+                run_train_command(command, work_dir=work_dir, progress=progress, total=max_iters)
+            else:
+                train(exp.config, labeled_path=labeled, work_dir=work_dir, data_root=exp.data_root,
+                      val_ids_path=exp.val_ids, device=self.device, seed=seed, max_iters=max_iters,
+                      batch_size=exp.batch_size, overwrite=True, cfg_options=exp.cfg_options, progress=progress,
+                      launcher="none")  # one process, whatever the environment says
+
+        self.step(where, "train", ckpt, args, [exp.config, labeled, exp.val_ids], fn)
         metrics = json.loads((work_dir / "metrics.json").read_text(encoding="utf-8"))
         miou = float(metrics["final"]["mIoU"])
         n_labeled = len(read_ids(labeled))
@@ -218,6 +235,81 @@ class _Runner:
         self.train(where, labeled, d / "train")
 
 
+def _cfg_option_args(cfg_options: dict[str, Any], source: Path) -> list[str]:
+    """``["--cfg-options", "KEY=VALUE", ...]`` that ``alseg train`` parses back to exactly ``cfg_options``
+    (mmseg's syntax has no tables, no spaces and no commas inside strings); one error line otherwise."""
+    from alseg.mm import parse_cfg_options
+
+    def text(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if value is None:
+            return "None"
+        if isinstance(value, (int, float, str)):
+            return str(value)
+        if isinstance(value, list):
+            return "[" + ",".join(text(v) for v in value) + "]"
+        if isinstance(value, tuple):
+            return "(" + ",".join(text(v) for v in value) + ")"
+        raise TypeError(type(value).__name__)
+
+    args = []
+    for key, value in cfg_options.items():
+        try:
+            item = f"{key}={text(value)}"
+            same = parse_cfg_options([item])[key] == value
+        except (TypeError, AlsegError):
+            same = False
+        if not same:
+            raise InputError(f"{source}: cfg_options {key!r} = {value!r} cannot be passed to the torchrun training "
+                             "(nproc > 1) as KEY=VALUE; set it in the config file instead")
+        args += ["--cfg-options", item]
+    return args
+
+
+def torchrun_train_command(exp: Experiment, *, labeled: Path, work_dir: Path, seed: int, max_iters: int | None,
+                           device: str) -> list[str]:
+    """The command line of one training on ``exp.nproc`` local processes: torchrun (``--standalone``: its
+    rendezvous takes a free port of its own, so concurrent launches never collide) running
+    ``alseg train --launcher pytorch ... --overwrite --quiet --json``."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(exp.nproc),
+               "-m", "alseg.commands", "train", str(exp.config), "--labeled", str(labeled), "--work-dir",
+               str(work_dir), "--device", device, "--seed", str(seed), "--launcher", "pytorch"]
+    for option, value in (("--data-root", exp.data_root), ("--val-ids", exp.val_ids), ("--max-iters", max_iters),
+                          ("--batch-size", exp.batch_size)):
+        if value is not None:
+            command += [option, str(value)]
+    return command + _cfg_option_args(exp.cfg_options, exp.path) + ["--overwrite", "--quiet", "--json"]
+
+
+def run_train_command(command: list[str], *, work_dir: Path, progress: Callable[..., None],
+                      total: int | None) -> None:
+    """Run a training command line (:func:`torchrun_train_command`) to its end; its output is captured,
+    and a failure is one error line: the training's own ``error:`` line, else the end of its output.
+    Interrupted, it stops the launcher (SIGTERM, which torchrun passes on to its processes)."""
+    if total is not None:
+        progress(0, total)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")})
+    try:
+        _, errors = proc.communicate()
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    if proc.returncode != 0:
+        lines = [line.strip() for line in errors.splitlines() if line.strip()]
+        said = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+        why = said[0] if said else (lines[-1] if lines else "no output")
+        raise AlsegError(f"{work_dir}: training failed (exit {proc.returncode} of `{' '.join(command[:6])} ...`): {why}")
+    if total is not None:
+        progress(total)
+
+
 def _round_stages(strategy: str) -> list[str]:
     """The stages ``_Runner.strategy_round`` calls for ``strategy``, in order (mirrors its conditions;
     tests/test_run.py checks the plan against the events of a real run)."""
@@ -304,6 +396,8 @@ def run(
         if overlap:
             raise InputError(f"{exp.calib_ids}: {len(overlap)} calibration id(s) are also pool ids "
                              f"(e.g. {sorted(overlap)[0]!r}); keep the calibration split out of the pool")
+    if exp.nproc > 1 or exp.launcher == "torchrun":
+        _cfg_option_args(exp.cfg_options, exp.path)  # fail before the first round, not at its training
     runner = _Runner(exp, exp_dir, device or exp.device, on_event)
     plan = plan_steps(exp)
     runner.result.steps_planned = len(plan)

@@ -8,6 +8,16 @@ names, palette, iteration; see :mod:`alseg.files.checkpoint`), ``metrics.json`` 
 
 Checkpoints the config makes mmengine load (``load_from``, ``Pretrained`` init) are read first through alseg's
 safe loader, before anything is written; a work dir this call created is removed again when it fails.
+
+Distributed (``torchrun --nproc-per-node N -m alseg.commands train ...``, or ``launcher="slurm"`` under srun):
+every process runs this function; mmengine wraps the model in DistributedDataParallel and its samplers give
+each rank a disjoint shard of the labeled ids (``batch_size`` is per process). Rank 0 alone writes the files
+above, in the same format as a single process, and alone removes a work dir it created on failure; the
+other ranks write nothing (mmengine logs rank 0 only), wait at a barrier until rank 0 has written, and
+return ``None``. Only rank 0 takes alseg's output locks, because it
+is the only writer: a second rank locking the same file would be refused as "another alseg process". BN
+layers stay per-rank BN (each rank normalises its own batch; rank 0's running statistics are saved);
+set ``sync_bn='torch'`` in the config (CUDA only) for SyncBN.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from alseg.errors import InputError, OutputExistsError
+from alseg.errors import DeviceError, InputError, OutputExistsError, UnknownName
 from alseg.files.atomic import check_not_input, write_text_atomic
 from alseg.files.idlist import read_ids
 from alseg.files.manifest import to_jsonable, write_manifest
@@ -49,6 +59,110 @@ class TrainResult:
     best_miou: float
     per_class_iou: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
+
+
+LAUNCHERS = ("auto", "none", "pytorch", "slurm")
+# the environment each launcher sets: rank, world size, rank on this node
+_LAUNCH_ENV = {"pytorch": ("RANK", "WORLD_SIZE", "LOCAL_RANK"), "slurm": ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place in a training: mmengine's ``launcher`` (none, pytorch, slurm) and its rank."""
+
+    launcher: str = "none"
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.launcher != "none"
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes outputs and reports progress."""
+        return self.rank == 0
+
+
+def detect_launch(launcher: str = "auto", environ: Mapping[str, str] | None = None) -> Launch:
+    """Which launcher started this process. ``auto``: ``pytorch`` when torchrun's ``RANK``, ``WORLD_SIZE``
+    and ``LOCAL_RANK`` are set, else ``none``. ``pytorch``/``slurm`` need their variables (torchrun's, or
+    srun's ``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``)."""
+    env = os.environ if environ is None else environ
+    if launcher not in LAUNCHERS:
+        raise UnknownName(f"unknown launcher {launcher!r}; choose one of: {', '.join(LAUNCHERS)}")
+    if launcher == "auto":
+        launcher = "pytorch" if all(k in env for k in _LAUNCH_ENV["pytorch"]) else "none"
+    if launcher == "none":
+        return Launch()
+    keys = _LAUNCH_ENV[launcher]
+    missing = [k for k in keys if k not in env]
+    if missing:
+        how = "torchrun" if launcher == "pytorch" else "srun"
+        raise InputError(f"--launcher {launcher}: {', '.join(missing)} not set; start alseg train under {how}, "
+                         "or pass --launcher none")
+    try:
+        rank, world_size, local_rank = (int(env[k]) for k in keys)
+    except ValueError:
+        raise InputError(f"--launcher {launcher}: {', '.join(f'{k}={env[k]!r}' for k in keys)}: not integers") from None
+    if not 0 <= rank < world_size or local_rank < 0:
+        raise InputError(f"--launcher {launcher}: rank {rank} is not in a world of {world_size} processes")
+    return Launch(launcher, rank, world_size, local_rank)
+
+
+def _rank_device(device: str, launch: Launch):
+    """The torch device of this rank: ``--device``, and under a launcher on CUDA ``cuda:LOCAL_RANK``."""
+    from alseg.device import resolve_device
+
+    torch_device = resolve_device(device)
+    if not launch.distributed:
+        return torch_device
+    if torch_device.type == "cuda":
+        if torch_device.index is not None and torch_device.index != launch.local_rank:
+            raise DeviceError(f"--device {device}: under {launch.launcher} each process uses cuda:LOCAL_RANK "
+                              f"(here cuda:{launch.local_rank}); pass --device cuda")
+        return resolve_device(f"cuda:{launch.local_rank}")
+    if torch_device.type != "cpu":
+        raise DeviceError(f"--device {device}: distributed training runs on cuda (nccl) or cpu (gloo)")
+    import torch
+
+    if torch.cuda.is_available():  # mmengine moves the model to its own device choice before wrapping it
+        raise DeviceError("--device cpu under a launcher while CUDA is visible: mmengine would place the model on "
+                          "the GPU; hide the GPUs (CUDA_VISIBLE_DEVICES=) or pass --device cuda")
+    if launch.launcher == "slurm":  # mmengine's slurm start sets a CUDA device unconditionally
+        raise DeviceError("--launcher slurm needs CUDA; on CPU start the processes with torchrun (--launcher pytorch)")
+    return torch_device
+
+
+def _setup_distributed(cfg, launch: Launch, torch_device) -> None:
+    """Point mmengine's runner at the launcher: ``launcher``, the backend (nccl on CUDA, gloo on CPU) and a
+    DDP wrapper without ``device_ids`` on CPU (DDP refuses them for CPU modules). For ``pytorch`` alseg
+    starts the process group itself, since mmengine's start calls ``torch.cuda.set_device`` even on CPU;
+    the runner then finds it started and keeps it."""
+    cfg.launcher = launch.launcher
+    backend = "nccl" if torch_device.type == "cuda" else "gloo"
+    env_cfg = cfg.get("env_cfg") or {}
+    dist_cfg = dict(env_cfg.get("dist_cfg") or {}, backend=backend)
+    cfg.env_cfg = dict(env_cfg, dist_cfg=dist_cfg)
+    wrapper = dict(cfg.get("model_wrapper_cfg") or {})
+    wrapper.setdefault("type", "MMDistributedDataParallel")
+    wrapper.setdefault("broadcast_buffers", False)
+    wrapper.setdefault("find_unused_parameters", bool(cfg.get("find_unused_parameters", False)))
+    wrapper["device_ids"] = [launch.local_rank] if torch_device.type == "cuda" else None
+    cfg.model_wrapper_cfg = wrapper
+    if launch.launcher == "pytorch":
+        import datetime
+
+        import torch
+        import torch.distributed as dist
+
+        if torch_device.type == "cuda":
+            torch.cuda.set_device(torch_device)
+        if not dist.is_initialized():
+            timeout = dist_cfg.get("timeout")
+            kwargs = {} if timeout is None else {"timeout": datetime.timedelta(seconds=timeout)}
+            dist.init_process_group(backend=backend, **kwargs)
 
 
 def _summarise(metrics: Mapping[str, Any], names: list[str], iteration: int) -> dict[str, Any]:
@@ -76,11 +190,19 @@ def _first_missing(path: Path) -> Path | None:
 
 
 def _removes_created_work_dir(fn):
-    """On any failure, remove the work dir (and the parents) this call created: none is left half-made."""
+    """On any failure, remove the work dir (and the parents) this call created: none is left half-made.
+
+    Under a launcher only rank 0 does: it is the only writer. Under torchrun it looks before any rank can
+    create the folder (the others create it only after the process group has started, which waits for
+    rank 0); under slurm a faster rank may create it first, and then it is left in place."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any):
-        created = _first_missing(Path(kwargs["work_dir"]))
+        try:
+            is_main = detect_launch(kwargs.get("launcher", "auto")).is_main
+        except Exception:  # a bad launcher: fn raises the same error before creating anything
+            is_main = True
+        created = _first_missing(Path(kwargs["work_dir"])) if is_main else None
         try:
             return fn(*args, **kwargs)
         except BaseException:
@@ -128,8 +250,12 @@ def train(
     overwrite: bool = False,
     cfg_options: Mapping[str, Any] | None = None,
     progress: Callable[[int, int | None], None] | None = None,
-) -> TrainResult:
+    launcher: str = "auto",
+) -> TrainResult | None:
     """Train the config's model on the ids in ``labeled_path``; see the module docstring for files.
+
+    ``launcher`` (see :func:`detect_launch`): ``auto`` trains distributed when started by torchrun. Returns
+    the result on rank 0 (and in a single process), ``None`` on the other ranks, which report no progress.
 
     The labeled ids are looked up in the config's train split (mmseg's dataset class, its ``ann_file``
     and wrappers; see :mod:`alseg.dataset`) and trained on through its train pipeline. Validation uses the
@@ -137,7 +263,9 @@ def train(
     ``max_iters``/``batch_size`` override the config; ``cfg_options`` are dotted-key overrides applied first.
     """
     start = time.perf_counter()
-    progress = progress or (lambda advance=1, total=None: None)
+    launch = detect_launch(launcher)
+    if progress is None or not launch.is_main:
+        progress = lambda advance=1, total=None: None  # noqa: E731
     work_dir = Path(work_dir)
     checkpoint_path = work_dir / "checkpoint.pth"
     metrics_path = work_dir / "metrics.json"
@@ -158,9 +286,8 @@ def train(
         raise InputError(f"batch_size must be >= 1 (got {batch_size})")
 
     from alseg import mm
-    from alseg.device import resolve_device
 
-    torch_device = resolve_device(device)
+    torch_device = _rank_device(device, launch)
     cfg = mm.load_config(
         config_path, data_root=data_root, work_dir=work_dir, max_iters=max_iters, batch_size=batch_size, seed=seed,
         cfg_options=cfg_options,
@@ -214,11 +341,32 @@ def train(
             cfg.default_hooks.logger.interval = max(int(cfg.default_hooks.logger.get("interval", 50)), 1)
     total = int(cfg.train_cfg.max_iters)
     _check_config_checkpoints(cfg, config_path)
+    if launch.distributed:
+        _setup_distributed(cfg, launch, torch_device)  # before any rank creates the work dir
     work_dir.mkdir(parents=True, exist_ok=True)
+    result = _run(cfg, config_path=config_path, labeled_path=labeled_path, work_dir=work_dir, data_root=data_root,
+                  val_ids_path=val_ids_path, seed=seed, cfg_options=cfg_options, progress=progress, launch=launch,
+                  torch_device=torch_device, names=names, n_val=n_val, n_labeled=len(labeled), total=total,
+                  start=start)
+    if launch.distributed:
+        import torch.distributed as dist
 
+        dist.barrier()  # rank 0 has written the outputs: every rank leaves now
+        dist.destroy_process_group()  # on success only: after a failure a pending collective could hang it
+    return result
+
+
+def _run(cfg, *, config_path, labeled_path, work_dir: Path, data_root, val_ids_path, seed: int, cfg_options,
+         progress, launch: Launch, torch_device, names: list[str], n_val: int, n_labeled: int, total: int,
+         start: float) -> TrainResult | None:
+    """Build mmengine's runner, train, and (on rank 0) write the checkpoint, metrics and manifest."""
+    from mmengine.model import is_model_wrapper
     from mmengine.runner import Runner
 
+    from alseg import mm
     from alseg.files.checkpoint import allow_runner_checkpoints, refusal, sidecar_path, write_checkpoint
+
+    checkpoint_path, metrics_path = work_dir / "checkpoint.pth", work_dir / "metrics.json"
 
     progress_hook, metrics_hook = mm.make_train_hooks(progress, total)
     # mmengine logs to stdout; alseg's stdout carries only the result, so its console goes to stderr.
@@ -233,7 +381,8 @@ def train(
         mm.mm_logs_to_stderr()
         runner.register_hook(progress_hook, priority="LOWEST")
         runner.register_hook(metrics_hook, priority="LOWEST")
-        runner.model.to(torch_device)  # the runner picks cuda when present; --device wins
+        if not launch.distributed:
+            runner.model.to(torch_device)  # the runner picks cuda when present; --device wins
         try:
             with allow_runner_checkpoints():  # mmengine's own torch.load of load_from / Pretrained weights
                 runner.train()
@@ -249,8 +398,8 @@ def train(
     final = history[-1]
     best = max(history, key=lambda h: -1.0 if h["mIoU"] is None else h["mIoU"])
 
-    from mmengine.model import is_model_wrapper
-
+    if not launch.is_main:
+        return None  # rank 0 alone writes (and locks) the outputs; train() waits for it at a barrier
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     metainfo = getattr(runner.train_dataloader.dataset, "metainfo", None) or {}
     dataset_meta = {"classes": list(names), "palette": metainfo.get("palette")}
@@ -265,7 +414,7 @@ def train(
         "best": best,
         "history": history,
         "class_names": names,
-        "n_labeled": len(labeled),
+        "n_labeled": n_labeled,
         "n_val": n_val,
         "iterations": int(runner.iter),
     }
@@ -275,7 +424,7 @@ def train(
         work_dir=work_dir,
         checkpoint_path=checkpoint_path,
         metrics_path=metrics_path,
-        n_labeled=len(labeled),
+        n_labeled=n_labeled,
         iterations=int(runner.iter),
         seconds=seconds,
         final_miou=final["mIoU"] if final["mIoU"] is not None else float("nan"),
@@ -291,7 +440,7 @@ def train(
             data_root=None if data_root is None else str(data_root),
             val_ids_path=None if val_ids_path is None else str(val_ids_path), device=str(torch_device),
             seed=seed, max_iters=int(cfg.train_cfg.max_iters), batch_size=int(cfg.train_dataloader.batch_size),
-            cfg_options=dict(cfg_options or {}),
+            cfg_options=dict(cfg_options or {}), launcher=launch.launcher, world_size=launch.world_size,
         ),
         inputs=[mm.find_config(config_path), labeled_path, val_ids_path],
         outputs=[checkpoint_path, sidecar_path(checkpoint_path), metrics_path],
