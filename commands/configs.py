@@ -13,7 +13,7 @@ def main(json: Json = False) -> None:
 
     Reads: nothing. Writes: one line per config on stdout: name, then what it is.
 
-    Example: alseg configs; alseg train cityscapes/deeplabv3_r18_d8 --labeled labeled.txt --work-dir r1
+    Example: alseg configs; alseg train cityscapes/deeplabv3_r18_d8 --labeled labeled.txt --out r1
     """
     from alseg.mm import shipped_configs
 

@@ -25,8 +25,8 @@ def main(
 ) -> None:
     """Write synthetic scenes (7 classes, one rare, two confusable) for demos and tests.
 
-    Reads: nothing. Writes: OUT/img_dir/*.png, OUT/ann_dir/*.png (255 = ignore), OUT/splits/{pool,val,calib,all}.txt,
-    OUT/classes.json.
+    Reads: nothing. Writes: `OUT/img_dir/*.png`, `OUT/ann_dir/*.png` (255 = ignore),
+    `OUT/splits/{pool,val,calib,all}.txt`, `OUT/classes.json`.
 
     Example: alseg demo-data --out data/demo --n-images 400 --size 48 --seed 0
     """

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
 from alseg.commands._console import err, out, print_json, progress_bar, warn
 from alseg.commands._errors import cli_errors
-from alseg.commands._options import CfgOptions, DataRoot, Json, Overwrite, Quiet
+from alseg.commands._options import CfgOptions, Config, DataRoot, Json, Overwrite, Quiet
+from alseg.labeltools import FORMATS
 
 FORMAT_HELP = "label-studio (tasks.json + labeling_config.xml) or cvat (Segmentation mask 1.1 zip + images/)."
 
 
 @cli_errors
 def main(
-    selected: Annotated[Path, typer.Option(help="Id list to export (from `alseg select`).")],
+    config: Config,
+    selected: Annotated[Path, typer.Option("--ids", help="Id list to export (e.g. selected.txt from `alseg select`).")],
     pool: Annotated[Path, typer.Option(help="Pool file from `alseg infer` holding the selected ids' logits.")],
-    config: Annotated[str, typer.Option(help="mmseg config (a file or a shipped config's name): where images "
-                                        "live, class names, palette.")],
-    fmt: Annotated[str, typer.Option("--format", help=FORMAT_HELP)],
+    fmt: Annotated[Literal[FORMATS], typer.Option("--format", help=FORMAT_HELP)],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write into (created if missing).")],
     data_root: DataRoot = None,
     image_root_url: Annotated[Optional[str], typer.Option(
@@ -42,18 +42,16 @@ def main(
     The pre-annotation is the argmax of the pool's logits upsampled (bilinear) to each image's own size.
     docs/labeling.md walks through the loop out to the tool and back (`alseg import`).
 
-    Reads: --selected, --pool, --config (and the images under --data-root); --scores for --risk-layer.
+    Reads: CONFIG, --ids, --pool (and the images under --data-root); --scores for --risk-layer.
     Writes: into --out: tasks.json and labeling_config.xml (label-studio) or annotations.zip and images/
     (cvat), and manifest.json.
 
-    Example: alseg export --selected selected.txt --pool pool.h5 --config demo_unet_tiny --data-root data/demo --format label-studio --out to_label
+    Example: alseg export demo_unet_tiny --ids selected.txt --pool pool.h5 --data-root data/demo --format label-studio --out to_label
     """
     from alseg.files.manifest import to_jsonable
     from alseg.mm import parse_cfg_options
-    from alseg.stages.export import FORMATS, export
+    from alseg.stages.export import export
 
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"{fmt!r} is not one of: {', '.join(FORMATS)}", param_hint="--format")
     with progress_bar("export", quiet=quiet) as bar:
         result = export(selected, pool, config, fmt=fmt, out_dir=out_dir, data_root=data_root,
                         image_root_url=image_root_url, scores_path=scores, risk_layer=risk_layer,

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
 from alseg.commands._console import err, out, print_json, progress_bar, warn
 from alseg.commands._errors import cli_errors
-from alseg.commands._options import CfgOptions, DataRoot, Json, Overwrite, Quiet
+from alseg.commands._options import CfgOptions, Config, DataRoot, Json, Overwrite, Quiet
+from alseg.labeltools import FORMATS
 
 FORMAT_HELP = "label-studio (the project's JSON export) or cvat (a Segmentation mask 1.1 zip or its folder)."
 
 
 @cli_errors
 def main(
+    config: Config,
     export_path: Annotated[Path, typer.Argument(metavar="EXPORT", help="The labeling tool's export: Label Studio "
                                                 "JSON, or CVAT Segmentation mask 1.1 (zip or folder).")],
-    fmt: Annotated[str, typer.Option("--format", help=FORMAT_HELP)],
-    config: Annotated[str, typer.Option(help="mmseg config (a file or a shipped config's name): where masks go, "
-                                        "class names, reduce_zero_label, ignore index.")],
+    fmt: Annotated[Literal[FORMATS], typer.Option("--format", help=FORMAT_HELP)],
     data_root: DataRoot = None,
     labeled: Annotated[Optional[Path], typer.Option(
         help="Labeled id list to append the imported ids to (created if missing; no id twice).")] = None,
@@ -35,17 +35,15 @@ def main(
     image (seg_map_suffix, reduce_zero_label and label_map honoured; unlabeled pixels = ignore). Unknown
     class names and size mismatches are refused; nothing is written unless every mask is valid.
 
-    Reads: EXPORT and --config (the dataset under --data-root).
+    Reads: CONFIG and EXPORT (the dataset under --data-root).
     Writes: one mask per annotated image into the dataset's annotation folder; --labeled, appended.
 
-    Example: alseg import --format label-studio export.json --config demo_unet_tiny --data-root data/demo --labeled labeled.txt
+    Example: alseg import demo_unet_tiny export.json --format label-studio --data-root data/demo --labeled labeled.txt
     """
     from alseg.files.manifest import to_jsonable
     from alseg.mm import parse_cfg_options
-    from alseg.stages.import_masks import FORMATS, import_masks
+    from alseg.stages.import_masks import import_masks
 
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"{fmt!r} is not one of: {', '.join(FORMATS)}", param_hint="--format")
     with progress_bar("import", quiet=quiet) as bar:
         result = import_masks(export_path, config, fmt=fmt, data_root=data_root, labeled_path=labeled,
                               overwrite=overwrite, cfg_options=parse_cfg_options(cfg_options or []), progress=bar)

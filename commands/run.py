@@ -166,7 +166,7 @@ def main(
     experiment: Annotated[Path, typer.Argument(help="Experiment file (TOML, see docs/experiment.md).",
                                                show_default=False)],
     exp_dir: Annotated[Optional[Path], typer.Option(
-        help="Output tree (default: a folder named after the experiment, beside its file).")] = None,
+        "--out", help="Output tree (default: a folder named after the experiment, beside its file).")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds, overriding the file's (e.g. 0,1,2).")] = None,
     device: Annotated[Optional[str], typer.Option(help="Override the file's device: auto, cpu, cuda, cuda:N, mps.")] = None,
     quiet: Quiet = False,
@@ -183,7 +183,7 @@ def main(
 
     Reads: EXPERIMENT and the files it names. Writes: the experiment tree.
 
-    Example: alseg run demo/experiment.toml --seeds 0,1,2 && alseg report demo/demo
+    Example: alseg run experiments/demo.toml --out demo/exp --seeds 0,1,2 && alseg report demo/exp --out demo/report.html
     """
     from alseg.errors import InputError
     from alseg.stages.run import run

@@ -16,7 +16,7 @@ from alseg.commands._options import CfgOptions, Config, DataRoot, Device, Json, 
 def main(
     config: Config,
     labeled: Labeled,
-    work_dir: Annotated[Path, typer.Option("--work-dir", help="Output folder: checkpoint.pth (+ checkpoint.json), metrics.json, manifest.json.")],
+    work_dir: Annotated[Path, typer.Option("--out", help="Output folder: checkpoint.pth (+ checkpoint.json), metrics.json, manifest.json.")],
     data_root: DataRoot = None,
     val_ids: Annotated[Optional[Path], typer.Option("--val-ids", help="Validate on these ids of the val split only (default: the whole val split).")] = None,
     device: Device = "auto",
@@ -41,7 +41,7 @@ def main(
     On N processes: torchrun --nproc-per-node N -m alseg.commands train ... (DDP; --batch-size is per
     process; rank 0 writes the outputs and prints the result).
 
-    Example: alseg train demo_unet_tiny --labeled labeled.txt --work-dir runs/r0 --data-root data/demo
+    Example: alseg train demo_unet_tiny --labeled labeled.txt --out runs/r0 --data-root data/demo
     """
     from alseg.files.manifest import to_jsonable
     from alseg.mm import parse_cfg_options

@@ -8,6 +8,6 @@ bash install/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 start=$(date +%s)
 [ -f demo/data/splits/pool.txt ] || alseg demo-data --out demo/data
-alseg run experiments/demo.toml --exp-dir demo/exp "$@"
+alseg run experiments/demo.toml --out demo/exp "$@"
 alseg report demo/exp --out demo/report.html --overwrite
 echo "demo: done in $(( $(date +%s) - start )) s; open demo/report.html"

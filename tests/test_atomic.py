@@ -136,7 +136,7 @@ def test_cli_refuses_to_overwrite_its_input(tmp_path, ids40):
          "--out", str(pool), "--overwrite"],
         ["infer", str(ROOT / "configs" / "demo_unet_tiny.py"), "--checkpoint", str(pool), "--ids", str(lab),
          "--out", str(lab), "--overwrite"],
-        ["train", str(ROOT / "configs" / "demo_unet_tiny.py"), "--labeled", str(lab), "--work-dir", str(lab),
+        ["train", str(ROOT / "configs" / "demo_unet_tiny.py"), "--labeled", str(lab), "--out", str(lab),
          "--overwrite"],
     ]
     for args in cases:

@@ -112,7 +112,7 @@ def test_train_load_from_payload_one_line_no_work_dir(demo, tmp_path):
     work_dir = tmp_path / "runs" / "w"
     r = subprocess.run(
         [sys.executable, "-m", "alseg.commands", "train", CONFIG, "--labeled", str(demo["labeled"]),
-         "--work-dir", str(work_dir), "--data-root", str(demo["data"]), "--device", "cpu", "--max-iters", "1",
+         "--out", str(work_dir), "--data-root", str(demo["data"]), "--device", "cpu", "--max-iters", "1",
          "--quiet", "--cfg-options", f"load_from={evil}"],
         capture_output=True, text=True, timeout=300,
     )

@@ -49,7 +49,7 @@ def data(tmp_path_factory):
 def ddp(data):
     root, data_dir, labeled = data
     record = root / "samples"
-    proc = torchrun(["train", CONFIG, "--labeled", str(labeled), "--work-dir", str(root / "w"), "--data-root",
+    proc = torchrun(["train", CONFIG, "--labeled", str(labeled), "--out", str(root / "w"), "--data-root",
                      str(data_dir), "--val-ids", str(data_dir / "splits" / "val.txt"), "--device", "cpu",
                      "--max-iters", str(MAX_ITERS), "--batch-size", str(BATCH), "--quiet", "--json"],
                     cwd=root, env={"ALSEG_RECORD_SAMPLES": str(record)})
@@ -116,7 +116,7 @@ def test_failure_under_torchrun_leaves_no_work_dir(data, tmp_path):
     _, data_dir, _ = data
     bad = tmp_path / "bad.txt"
     write_ids(bad, ["not_an_id"])
-    proc = torchrun(["train", CONFIG, "--labeled", str(bad), "--work-dir", str(tmp_path / "new" / "w"),
+    proc = torchrun(["train", CONFIG, "--labeled", str(bad), "--out", str(tmp_path / "new" / "w"),
                      "--data-root", str(data_dir), "--device", "cpu", "--max-iters", "1", "--quiet"], cwd=tmp_path)
     assert proc.returncode != 0 and proc.stdout == ""
     assert "error: " in proc.stderr and "'not_an_id' is not in the config's train split" in proc.stderr
@@ -144,11 +144,11 @@ def test_detect_launch_from_the_environment():
 
 
 def test_cli_launcher_option(tmp_path):
-    r = CliRunner().invoke(app, ["train", CONFIG, "--labeled", str(tmp_path / "l.txt"), "--work-dir",
+    r = CliRunner().invoke(app, ["train", CONFIG, "--labeled", str(tmp_path / "l.txt"), "--out",
                                  str(tmp_path / "w"), "--launcher", "mpi"])
     assert r.exit_code == 2 and "'mpi' is not one of: auto, none, pytorch, slurm" in " ".join(
         line.strip("│ ") for line in r.output.splitlines())  # rich boxes the usage error
-    r = CliRunner().invoke(app, ["train", CONFIG, "--labeled", str(tmp_path / "l.txt"), "--work-dir",
+    r = CliRunner().invoke(app, ["train", CONFIG, "--labeled", str(tmp_path / "l.txt"), "--out",
                                  str(tmp_path / "w"), "--launcher", "pytorch"], env={"RANK": None})
     assert r.exit_code == 1 and "start alseg train under torchrun" in r.output
     assert not (tmp_path / "w").exists()
@@ -213,7 +213,7 @@ def test_torchrun_command_line(tmp_path):
     assert cmd[:9] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3",
                        "-m", "alseg.commands", "train"]
     text = " ".join(cmd[9:])
-    for part in (f"--labeled {tmp_path / 'l.txt'}", f"--work-dir {tmp_path / 'w'}", "--seed 5", "--max-iters 7",
+    for part in (f"--labeled {tmp_path / 'l.txt'}", f"--out {tmp_path / 'w'}", "--seed 5", "--max-iters 7",
                  "--batch-size 2", "--launcher pytorch", f"--val-ids {tmp_path / 'val.txt'}", "--device cpu",
                  "--overwrite --quiet --json"):
         assert part in text

@@ -670,37 +670,37 @@ def _(w, d):
     return args
 
 
-@case("train: --work-dir is a file", "wd", inputs=lambda w, d: [w.labeled, d / "wd"])
+@case("train: --out is a file", "wd", inputs=lambda w, d: [w.labeled, d / "wd"])
 def _(w, d):
     (d / "wd").write_text("not a folder")
-    return ["train", CONFIG, "--labeled", str(w.labeled), "--work-dir", str(d / "wd"), "--data-root", str(w.data),
+    return ["train", CONFIG, "--labeled", str(w.labeled), "--out", str(d / "wd"), "--data-root", str(w.data),
             "--device", "cpu", "--max-iters", "1", "--quiet"]
 
 
 @case("train: labeled id not in the train split", "ghost.txt", inputs=lambda w, d: [d / "ghost.txt"])
 def _(w, d):
     (d / "ghost.txt").write_text("img_9999\n")
-    return ["train", CONFIG, "--labeled", str(d / "ghost.txt"), "--work-dir", str(d / "wd"), "--data-root",
+    return ["train", CONFIG, "--labeled", str(d / "ghost.txt"), "--out", str(d / "wd"), "--data-root",
             str(w.data), "--device", "cpu", "--max-iters", "1", "--quiet"]
 
 
 @case("train: truncated mask of a labeled image", "ann_dir", inputs=INF_IN)
 def _(w, d):
     data, _ = _corrupt_data(w, d, "mask")
-    return ["train", CONFIG, "--labeled", str(d / "one.txt"), "--work-dir", str(d / "wd"), "--data-root", str(data),
+    return ["train", CONFIG, "--labeled", str(d / "one.txt"), "--out", str(d / "wd"), "--data-root", str(data),
             "--device", "cpu", "--max-iters", "2", "--quiet"]
 
 
 @case("train: truncated image, data loader workers", "img_dir", inputs=INF_IN)
 def _(w, d):
     data, _ = _corrupt_data(w, d, "image")
-    return ["train", CONFIG, "--labeled", str(d / "one.txt"), "--work-dir", str(d / "wd"), "--data-root", str(data),
+    return ["train", CONFIG, "--labeled", str(d / "one.txt"), "--out", str(d / "wd"), "--data-root", str(data),
             "--device", "cpu", "--max-iters", "2", "--quiet", "--cfg-options", "train_dataloader.num_workers=2"]
 
 
 @case("train: config missing", "nope_config.py", inputs=lambda w, d: [w.labeled])
 def _(w, d):
-    return ["train", str(d / "nope_config.py"), "--labeled", str(w.labeled), "--work-dir", str(d / "wd"),
+    return ["train", str(d / "nope_config.py"), "--labeled", str(w.labeled), "--out", str(d / "wd"),
             "--device", "cpu", "--quiet"]
 
 

@@ -56,7 +56,7 @@ def setup(tmp_path_factory):
     demo = make_demo_data(root / "demo", n_images=40, size=32, seed=0, n_val=6, n_calib=6)
     labeled = root / "labeled.txt"
     labeled.write_text("".join(f"{i}\n" for i in (demo.out_dir / "splits" / "pool.txt").read_text().split()[:8]))
-    r = runner.invoke(app, ["train", CONFIG, "--labeled", str(labeled), "--work-dir", str(root / "r0"),
+    r = runner.invoke(app, ["train", CONFIG, "--labeled", str(labeled), "--out", str(root / "r0"),
                             "--data-root", str(demo.out_dir), "--device", "cpu", "--max-iters", "1",
                             "--batch-size", "4", "--quiet"])
     assert r.exit_code == 0, r.output

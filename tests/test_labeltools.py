@@ -113,15 +113,15 @@ def demo(tmp_path):
 
 
 def _export(tmp, data_dir, fmt, *extra, config=CONFIG, pool="pool.h5"):
-    r = runner.invoke(app, ["export", "--selected", str(tmp / "selected.txt"), "--pool", str(tmp / pool),
-                            "--config", config, "--data-root", str(data_dir), "--format", fmt,
+    r = runner.invoke(app, ["export", config, "--ids", str(tmp / "selected.txt"), "--pool", str(tmp / pool),
+                            "--data-root", str(data_dir), "--format", fmt,
                             "--out", str(tmp / f"out-{fmt}"), "--quiet", *extra])
     assert r.exit_code == 0, r.output
     return tmp / f"out-{fmt}"
 
 
 def _import(tmp, data_dir, fmt, path, *extra, config=CONFIG):
-    return runner.invoke(app, ["import", "--format", fmt, str(path), "--config", config, "--data-root",
+    return runner.invoke(app, ["import", config, str(path), "--format", fmt, "--data-root",
                                str(data_dir), "--quiet", *extra])
 
 
@@ -386,7 +386,7 @@ def test_cvat_unknown_label_and_size_mismatch(demo):
 def test_export_refuses_existing_outputs_and_bad_options(demo):
     tmp, data_dir, selected, _ = demo
     _export(tmp, data_dir, "label-studio")
-    args = ["export", "--selected", str(tmp / "selected.txt"), "--pool", str(tmp / "pool.h5"), "--config", CONFIG,
+    args = ["export", CONFIG, "--ids", str(tmp / "selected.txt"), "--pool", str(tmp / "pool.h5"),
             "--data-root", str(data_dir), "--out", str(tmp / "out-label-studio"), "--quiet"]
     _one_error_line(runner.invoke(app, [*args, "--format", "label-studio"]), "output exists; pass --overwrite")
     _one_error_line(runner.invoke(app, [*args, "--format", "cvat", "--risk-layer"]), "--risk-layer")

@@ -46,7 +46,7 @@ def round_through(tmp: Path, config: Path, data: Path, *, n_labeled: int, embedd
     call("ids", config, "--data-root", data, "--split", "val", "--out", val_txt)
     labeled = tmp / "labeled.txt"
     labeled.write_text("".join(f"{i}\n" for i in read(pool_txt)[:n_labeled]))
-    call("train", config, "--data-root", data, "--labeled", labeled, "--work-dir", tmp / "r1", "--max-iters", 2,
+    call("train", config, "--data-root", data, "--labeled", labeled, "--out", tmp / "r1", "--max-iters", 2,
          "--device", "cpu", "--quiet")
     ckpt = tmp / "r1" / "checkpoint.pth"
     emb = ["--embeddings", "bottleneck"] if embeddings else []
@@ -202,7 +202,7 @@ def test_ids_errors_are_one_line(tmp_path):
     # a val id given as a labeled id: not in the train split
     lst = tmp_path / "lab.txt"
     lst.write_text(f"{expected['val'][0]}\n")
-    r = cli("train", config, "--data-root", data, "--labeled", lst, "--work-dir", tmp_path / "w", ok=False)
+    r = cli("train", config, "--data-root", data, "--labeled", lst, "--out", tmp_path / "w", ok=False)
     assert r.exit_code == 1 and "train split" in r.stderr and expected["val"][0] in r.stderr
     assert not (tmp_path / "w").exists()
     # a folder that is not the dataset

@@ -82,7 +82,7 @@ def trained(tmp_path_factory):
     labeled.write_text("".join(f"{i}\n" for i in (demo.out_dir / "splits" / "pool.txt").read_text().split()[:12]))
     work_dir = root / "r0"
     result = runner.invoke(app, [
-        "train", CONFIG, "--labeled", str(labeled), "--work-dir", str(work_dir), "--data-root", str(demo.out_dir),
+        "train", CONFIG, "--labeled", str(labeled), "--out", str(work_dir), "--data-root", str(demo.out_dir),
         "--device", "cpu", "--max-iters", "6", "--batch-size", "4", "--quiet", "--json",
     ])
     assert result.exit_code == 0, result.output
@@ -118,15 +118,15 @@ def test_train_writes_checkpoint_and_metrics(trained):
 
 def test_train_refuses_existing_and_empty_and_missing(trained, tmp_path):
     base = ["train", CONFIG, "--data-root", str(trained["demo"].out_dir), "--device", "cpu", "--max-iters", "1", "--quiet"]
-    again = runner.invoke(app, base + ["--labeled", str(trained["labeled"]), "--work-dir", str(trained["work_dir"])])
+    again = runner.invoke(app, base + ["--labeled", str(trained["labeled"]), "--out", str(trained["work_dir"])])
     assert again.exit_code == 1 and "--overwrite" in again.stderr
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    r = runner.invoke(app, base + ["--labeled", str(empty), "--work-dir", str(tmp_path / "w")])
+    r = runner.invoke(app, base + ["--labeled", str(empty), "--out", str(tmp_path / "w")])
     assert r.exit_code == 1 and "empty" in r.stderr
     missing = tmp_path / "missing.txt"
     missing.write_text("img_00001\nimg_99999\n")
-    r = runner.invoke(app, base + ["--labeled", str(missing), "--work-dir", str(tmp_path / "w")])
+    r = runner.invoke(app, base + ["--labeled", str(missing), "--out", str(tmp_path / "w")])
     assert r.exit_code == 1
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: ")
     assert "img_99999" in r.stderr
@@ -295,14 +295,14 @@ def test_cli_round_train_infer_score_select(trained, tmp_path):
     picked = read_ids(tmp_path / "margin.txt")
     bad = tmp_path / "bad.txt"
     bad.write_text("".join(f"{i}\n" for i in lab + [trained["demo"].splits["val"].read_text().split()[0]]))
-    r = runner.invoke(app, ["train", CONFIG, "--labeled", str(bad), "--work-dir", str(tmp_path / "rb"), "--data-root",
+    r = runner.invoke(app, ["train", CONFIG, "--labeled", str(bad), "--out", str(tmp_path / "rb"), "--data-root",
                             str(trained["demo"].out_dir), "--max-iters", "1", "--quiet"])
     assert r.exit_code == 1 and str(bad) in r.stderr and "train split" in r.stderr and not (tmp_path / "rb").exists()
     # the next round trains on labeled + selected (train-split picks, topped up from the pool)
     nxt = tmp_path / "labeled2.txt"
     extra = [i for i in picked if i in train_ids] + sorted(train_ids - set(lab) - set(picked))
     nxt.write_text("".join(f"{i}\n" for i in lab + extra[:5]))
-    r = runner.invoke(app, ["train", CONFIG, "--labeled", str(nxt), "--work-dir", str(tmp_path / "r1"), "--data-root",
+    r = runner.invoke(app, ["train", CONFIG, "--labeled", str(nxt), "--out", str(tmp_path / "r1"), "--data-root",
                             str(trained["demo"].out_dir), "--device", "cpu", "--max-iters", "4", "--batch-size", "4",
                             "--quiet", "--json"])
     assert r.exit_code == 0, r.output
@@ -323,7 +323,7 @@ def test_native_and_full_resolution_rank_images_alike(tmp_path):
     labeled = tmp_path / "l.txt"
     labeled.write_text("".join(f"{i}\n" for i in (demo.out_dir / "splits" / "pool.txt").read_text().split()[:8]))
     config = str(Path(CONFIG).parent / "deeplabv3_r18_d8.py")
-    r = runner.invoke(app, ["train", config, "--labeled", str(labeled), "--work-dir", str(tmp_path / "w"),
+    r = runner.invoke(app, ["train", config, "--labeled", str(labeled), "--out", str(tmp_path / "w"),
                             "--data-root", str(demo.out_dir), "--max-iters", "2", "--batch-size", "2",
                             "--device", "cpu", "--quiet"])
     assert r.exit_code == 0, r.output

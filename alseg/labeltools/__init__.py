@@ -19,6 +19,8 @@ import numpy as np
 
 UNLABELED = -1
 
+FORMATS = ("label-studio", "cvat")  # the labeling tools alseg exports to and imports from
+
 
 def voc_colormap(n: int) -> np.ndarray:
     """The Pascal VOC colour map (n, 3) uint8: CVAT's and VOC's default label and instance colours

@@ -34,9 +34,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from alseg.errors import InputError
+from alseg.labeltools import FORMATS
 from alseg.stages import no_progress as _noop
 
-FORMATS = ("label-studio", "cvat")
 
 
 @dataclass

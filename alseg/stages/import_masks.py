@@ -27,10 +27,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from alseg.errors import InputError, OutputExistsError
+from alseg.labeltools import FORMATS
 from alseg.files.atomic import holding_output_locks
 from alseg.stages import no_progress as _noop
 
-FORMATS = ("label-studio", "cvat")
 _PNG_LIKE = {".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
 
 

@@ -222,7 +222,7 @@ def _check_config_checkpoints(cfg, config_path) -> None:
     from alseg.files.checkpoint import load_weights_only
 
     if cfg.get("resume"):
-        raise InputError(f"{config_path}: resume=True: alseg train starts a fresh run in --work-dir; to start "
+        raise InputError(f"{config_path}: resume=True: alseg train starts a fresh run in --out; to start "
                          "from a checkpoint's weights set load_from=<checkpoint> instead")
     seen: set[str] = set()
     for key, name in mm.config_checkpoints(cfg):
@@ -274,7 +274,7 @@ def train(
                     [config_path, labeled_path, val_ids_path, data_root])
     blocked = next((p for p in (work_dir, *work_dir.parents) if p.exists() and not p.is_dir()), None)
     if blocked is not None:
-        raise InputError(f"{blocked}: is a file; --work-dir must be a folder (or a path alseg can create)")
+        raise InputError(f"{blocked}: is a file; --out must be a folder (or a path alseg can create)")
     if checkpoint_path.exists() and not overwrite:
         raise OutputExistsError(f"{checkpoint_path}: output exists; pass --overwrite to replace it")
     labeled = read_ids(labeled_path)
