@@ -50,6 +50,7 @@ def _register() -> None:
         ("ids", "ids"),
         ("train", "train"),
         ("infer", "infer"),
+        ("merge", "merge"),
         ("score", "score"),
         ("calibrate", "calibrate"),
         ("select", "select"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -31,7 +32,23 @@ def main(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
     device: Device = "auto",
     cfg_options: CfgOptions = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted (killed) run from the batches it finished in OUT.partial/; refused if the config, checkpoint, id list or options differ.")] = False,
+    shard: Annotated[Optional[str], typer.Option("--shard", help=(
+        "i/n: infer only the i-th of n contiguous blocks of the id list (whole batches) into OUT's "
+        "<stem>.shard-i-of-n.h5 (cluster job arrays); join them with `alseg merge`. Under torchrun each "
+        "rank takes its shard by itself and rank 0 merges (default: the whole list)."))] = None,
+    logits: Annotated[str, typer.Option("--logits", help=(
+        "What OUT keeps of the model output: native (the logits, float16), topk:K (the K largest "
+        "probabilities, float16, and their classes per pixel) or none (ids, sizes, labels and embeddings "
+        "only; `alseg score` needs native)."))] = "native",
+    scores: Annotated[str, typer.Option("--scores", help=(
+        "Comma-separated scores computed on the device while the logits are in memory (the fused path), "
+        "written to --scores-out as `alseg score` would: entropy, margin, least-confidence, "
+        "contextual-diversity, badge, crc:CALIBRATION.json (default: none)."))] = "",
+    scores_out: Annotated[Optional[Path], typer.Option("--scores-out", help="Scores file for --scores (HDF5, alseg.scores).")] = None,
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Calibration JSON for --scores crc (same as crc:PATH).")] = None,
+    aggregation: Annotated[str, typer.Option("--aggregation", help="Pixel-to-image reduction of --scores entropy/margin/least-confidence: mean, sum or top-q.")] = "mean",
+    q: Annotated[float, typer.Option("--q", help="Percent of highest pixel scores averaged by --aggregation top-q.")] = 10.0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted (killed) run from the batches it finished in OUT.partial/; refused if the config, checkpoint, id list or options differ. A shard finished with the same inputs is kept.")] = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     json: Json = False,
@@ -40,7 +57,11 @@ def main(
 
     Reads: CONFIG, --checkpoint, the --ids list (ids of one split of the config's dataset), images (and
     masks with --with-labels) under --data-root. Images may differ in size.
-    Writes: OUT (alseg.pool HDF5) and OUT.manifest.json.
+    Writes: OUT (alseg.pool HDF5) and OUT.manifest.json (with --shard i/n: OUT's <stem>.shard-i-of-n.h5;
+    with --scores: also --scores-out and its manifest).
+
+    Sharded: `torchrun --nproc-per-node 8 -m alseg.commands infer ... --out pool.h5` runs one shard per
+    GPU and merges them into pool.h5 (docs/scale.md).
 
     Example: alseg infer demo_unet_tiny --checkpoint runs/r0/checkpoint.pth --ids data/demo/splits/pool.txt --out runs/r0/pool.h5 --data-root data/demo --embeddings bottleneck,badge
     """
@@ -55,12 +76,24 @@ def main(
         raise typer.BadParameter(f"{split!r} is not one of: auto, train, val, test", param_hint="--split")
     options = parse_cfg_options(cfg_options or [])
     names = [e.strip() for e in embeddings.split(",") if e.strip()]
-    with progress_bar("infer", quiet=quiet) as progress:
+    from alseg.fused import parse_scores
+    from alseg.stages.infer import parse_shard
+
+    score_names, crc_path = parse_scores(scores)
+    if crc_path is not None and calibration is not None and Path(crc_path) != calibration:
+        raise typer.BadParameter(f"crc:{crc_path} and --calibration {calibration} name two calibrations; give one",
+                                 param_hint="--scores")
+    rank = os.environ.get("RANK", "0")  # under torchrun only rank 0 shows a bar and prints the result
+    with progress_bar("infer", quiet=quiet or rank != "0") as progress:
         result = infer(
             config, checkpoint_path=checkpoint, ids_path=ids, out_path=out, data_root=data_root, device=device,
             batch_size=batch_size, with_labels=with_labels, embeddings=names, resolution=resolution,
             overwrite=overwrite, resume=resume, split=split, cfg_options=options, progress=progress,
+            shard=None if shard is None else parse_shard(shard), logits=logits, scores=score_names,
+            scores_out_path=scores_out, calibration_path=crc_path or calibration, aggregation=aggregation, q=q,
         )
+    if rank != "0":
+        return
     from rich.table import Table
 
     table = Table(title=f"infer: {result.n_images} images, {result.seconds:.1f} s")
@@ -70,6 +103,7 @@ def main(
     for name, dim in result.embeddings.items():
         table.add_row(f"embeddings/{name}", f"{result.n_images} x {dim}")
     err.print(table)
-    err.print(f"wrote {result.out_path}", markup=False, highlight=False)
+    err.print(f"wrote {result.out_path}" + (f" and {result.scores_path}" if result.scores_path else ""),
+              markup=False, highlight=False)
     if json:
         print_json(to_jsonable(result))

@@ -14,7 +14,16 @@ Pool file (``format = "alseg.pool"``, ``format_version`` 2; version 1 is still r
                                       ignore index (optional)
     /embeddings/<name>    (N,D)       float32 (axes "id,feature"; attrs: layer, kind)
     root attrs: format, format_version, class_names (JSON), n_classes, ignore_index, resolution,
-                model_config_sha256, checkpoint_sha256, config_path, checkpoint_path, alseg_version, created
+                model_config_sha256, checkpoint_sha256, config_path, checkpoint_path, alseg_version, created;
+                optional: logits_storage, shard ("i/n"), fingerprint (JSON), merged_shards (JSON)
+
+``logits_storage`` (``infer --logits``) says what holds the model output: ``native`` (absent in older
+files) is /logits above; ``topk:K`` replaces /logits with /topk_probs (N,K',H,W) float16, the K' largest
+softmax probabilities per pixel in decreasing order, and /topk_classes (N,K',H,W) uint8/uint16, their class
+indices; ``none`` stores no model output (ids, sizes, labels, embeddings only). ``PoolReader.iter_batches``
+refuses the last two with one line (nothing is reconstructed); ``iter_topk`` reads top-k files.
+Shards of one ``infer`` (``<stem>.shard-i-of-n.h5``) are ordinary pool files with a ``shard`` attribute;
+:func:`merge_pools` copies them into one pool file (:func:`merge_scores` likewise for scores files).
 
 Version 1 has no /sizes: every image fills the whole (H, W). Readers see only valid regions:
 ``PoolReader.iter_batches`` crops every yielded array to its images' (h, w).
@@ -82,6 +91,34 @@ RDCC_NBYTES = 32 << 20  # chunk cache per open file: a few chunks of a large ima
 PARTIAL_FORMAT = "alseg.pool.partial"
 PARTIAL_VERSION = 1
 _SEGMENT = re.compile(r"seg-(\d{6,})\.npz")
+LOGITS_STORAGE = ("native", "topk:K", "none")  # what `infer --logits` may keep of the model output
+# Root attributes that are the same in every shard of one infer run (merge refuses a difference).
+_SHARD_SAME = ("class_names", "n_classes", "ignore_index", "resolution", "logits_storage", "model_config_sha256",
+               "checkpoint_sha256")
+
+
+def parse_logits_storage(text: str, n_classes: int | None = None) -> tuple[str, int]:
+    """``native`` -> ("native", 0), ``none`` -> ("none", 0), ``topk:K`` -> ("topk", K); anything else raises."""
+    text = str(text).strip()
+    if text in ("native", "none"):
+        return text, 0
+    m = re.fullmatch(r"topk:(\d+)", text)
+    if m is None or int(m.group(1)) < 1:
+        raise InputError(f"--logits: unknown {text!r}; choose one of: native, none, topk:K (K >= 1 classes kept)")
+    k = int(m.group(1))
+    if n_classes is not None and k > n_classes:
+        raise InputError(f"--logits {text}: the model has only {n_classes} classes; keep K <= {n_classes}")
+    return "topk", k
+
+
+def _class_dtype(n_classes: int):
+    return np.uint8 if n_classes <= 256 else np.uint16
+
+
+def shard_path(path: str | os.PathLike, index: int, count: int) -> Path:
+    """The file shard ``index`` of ``count`` writes for output ``path``: ``<stem>.shard-i-of-n<suffix>``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.shard-{int(index)}-of-{int(count)}{path.suffix}")
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
@@ -91,6 +128,104 @@ def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# pool_digest's value: "h5meta-sha256:" + the sha256 of what it hashes.
+POOL_DIGEST_PREFIX = "h5meta-sha256:"
+_DIGEST_FULL_BYTES = 16 << 20  # datasets stored in at most this many bytes are hashed whole
+
+
+def _digest_value(h: Any, value: Any) -> None:
+    """Feed one attribute or dataset value into the hash ``h``, with its type and shape."""
+    if isinstance(value, (bytes, str)):
+        data = value.encode("utf-8") if isinstance(value, str) else value
+        h.update(b"s%d:" % len(data) + data)
+        return
+    arr = np.asarray(value)
+    if arr.dtype.kind == "O":  # variable-length strings (ids): lengths, then the bytes
+        items = [x.encode("utf-8") if isinstance(x, str) else x if isinstance(x, bytes) else repr(x).encode()
+                 for x in arr.reshape(-1)]
+        h.update(b"o" + repr(arr.shape).encode() + np.array([len(x) for x in items], np.int64).tobytes())
+        h.update(b"".join(items))
+        return
+    arr = np.ascontiguousarray(arr)
+    h.update(b"a" + arr.dtype.str.encode() + repr(arr.shape).encode() + arr.tobytes())
+
+
+def pool_digest(path: str | os.PathLike) -> str:
+    """A content digest of an HDF5 file (a pool file) that reads its metadata, not its logits.
+
+    ``sha256_file`` of a 100 GB pool reads 100 GB; this reads a few MB. Hashed: the file size; every
+    attribute of the root, groups and datasets; each dataset's path, shape, dtype, chunk shape, filters
+    and fill value; the whole data of every dataset stored in at most 16 MiB and of ``/ids`` and
+    ``/sizes`` whatever their size; for a larger chunked dataset (``/logits``, ``/labels``,
+    ``/embeddings/*``) its chunk index (position, byte offset, stored size and filter mask of every
+    chunk) and the stored bytes of its first, middle and last chunk. A byte-for-byte copy keeps the
+    digest (no path, name or mtime enters it); rewriting the pool changes it (``PoolWriter``
+    records ``created``, and the stored size of each compressed chunk follows its content), as does a
+    change of ids, sizes, shapes, attributes or layout. Not seen: bulk data overwritten in place by the
+    same number of stored bytes outside the sampled chunks; ``sha256_file`` sees that, at the cost of
+    reading every byte. Returns ``"h5meta-sha256:<64 hex digits>"``.
+    """
+    path = Path(path)
+    h = hashlib.sha256(b"alseg.pool_digest/1\0")
+    h.update(b"size%d\0" % path.stat().st_size)
+    with h5py.File(path, "r") as fh:
+        names: list[str] = []
+        fh.visit(names.append)
+        for name in [""] + sorted(names):
+            obj = fh[name] if name else fh
+            h.update(b"\0node:" + name.encode("utf-8"))
+            for key in sorted(obj.attrs.keys()):
+                h.update(b"\0attr:" + key.encode("utf-8"))
+                _digest_value(h, obj.attrs[key])
+            if not isinstance(obj, h5py.Dataset):
+                continue
+            dcpl = obj.id.get_create_plist()
+            filters = [dcpl.get_filter(i)[:3] for i in range(dcpl.get_nfilters())]
+            h.update(repr((obj.shape, obj.dtype.str, str(obj.dtype), h5py.check_string_dtype(obj.dtype),
+                           obj.chunks, filters, obj.fillvalue if obj.dtype.kind != "O" else None)).encode())
+            whole = obj.id.get_storage_size() <= _DIGEST_FULL_BYTES or name.rsplit("/", 1)[-1] in ("ids", "sizes")
+            if whole:
+                _digest_value(h, obj[()])
+                continue
+            if obj.chunks is None:  # large and contiguous (alseg writes none): its first and last rows
+                _digest_value(h, obj[0])
+                _digest_value(h, obj[-1])
+                continue
+            index = bytearray()
+            offsets: list[tuple[int, ...]] = []
+
+            def add(info, index=index, offsets=offsets) -> None:
+                index.extend(repr((info.chunk_offset, info.byte_offset, info.size, info.filter_mask)).encode())
+                offsets.append(info.chunk_offset)
+
+            if hasattr(obj.id, "chunk_iter"):
+                obj.id.chunk_iter(add)
+            else:  # HDF5 < 1.12.3: one call per chunk
+                for i in range(obj.id.get_num_chunks()):
+                    add(obj.id.get_chunk_info(i))
+            h.update(b"\0chunks:" + hashlib.sha256(bytes(index)).digest())
+            for k in sorted({0, len(offsets) // 2, len(offsets) - 1}) if offsets else ():
+                mask, raw = obj.id.read_direct_chunk(offsets[k])
+                h.update(b"\0chunk%d:%d:" % (k, mask) + hashlib.sha256(raw).digest())
+    return POOL_DIGEST_PREFIX + h.hexdigest()
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """:func:`pool_digest` for an alseg pool file, :func:`sha256_file` for any other file: the
+    identity that manifests record for their inputs and outputs."""
+    path = Path(path)
+    if path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
+        try:
+            with h5py.File(path, "r") as fh:
+                fmt = fh.attrs.get("format")
+            fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+        except (OSError, KeyError, ValueError):
+            fmt = None
+        if fmt == POOL_FORMAT:
+            return pool_digest(path)
+    return sha256_file(path)
 
 
 def _now() -> str:
@@ -131,6 +266,18 @@ def _open_checked(path: str | os.PathLike, fmt: str, required: Sequence[str]) ->
     except BaseException:
         fh.close()
         raise
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """The ``format`` attribute of an HDF5 file (``alseg.pool``, ``alseg.scores``); one line when unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        with h5py.File(path, "r") as fh:
+            return str(_attr_text(fh.attrs, "format", ""))
+    except OSError:
+        raise InputError(f"{path}: not an HDF5 file (or it is truncated)") from None
 
 
 def _check_ids(path: Path, ids: Sequence[str]) -> None:
@@ -259,6 +406,12 @@ class PoolWriter:
     (any JSON-plain dict the caller wants to match, e.g. checkpoint digests); ``written_ids`` tells which
     rows are there. An uninterrupted and an interrupted run thus write the same datasets through the same
     code. The writer holds the output's lock (:func:`alseg.files.atomic.output_lock`) until it is closed.
+
+    ``logits_storage`` (:func:`parse_logits_storage`): ``native`` stores the logits; ``topk:K`` takes the
+    K largest probabilities (b,K,h,w) as ``logits`` and their class indices as ``topk_classes``; ``none``
+    takes ``logits=None`` and the images' ``sizes``. ``extras`` {name: (shape of one row, dtype)} are
+    per-row arrays kept in the segments only (the fused path's scores), read back with :meth:`extra` after
+    ``close(commit=True, keep_partial=True)``.
     """
 
     def __init__(
@@ -275,6 +428,8 @@ class PoolWriter:
         overwrite: bool = False,
         resume: bool = False,
         fingerprint: Mapping[str, Any] | None = None,
+        logits_storage: str = "native",
+        extras: Mapping[str, tuple[Sequence[int], Any]] | None = None,
     ):
         h, w = (int(s) for s in logits_shape)
         if h < 1 or w < 1:
@@ -289,9 +444,18 @@ class PoolWriter:
         self.embedding_attrs = {k: dict(v) for k, v in (embedding_attrs or {}).items()}
         self.attrs = dict(attrs or {})
         self.label_dtype = np.uint8 if self.n_classes < 255 and self.ignore_index <= 255 else np.uint16
+        self.storage, self.topk = parse_logits_storage(logits_storage, self.n_classes)
+        self.logits_storage = str(logits_storage).strip()
+        self.extras = {str(k): (tuple(int(d) for d in shape), np.dtype(dtype))
+                       for k, (shape, dtype) in (extras or {}).items()}
+        more: dict[str, Any] = {}
+        if self.storage != "native":  # absent for native, so that older partial folders still resume
+            more["logits_storage"] = self.logits_storage
+        if self.extras:
+            more["extras"] = {k: [list(shape), dt.str] for k, (shape, dt) in self.extras.items()}
         self.fingerprint = _plain({
             "class_names": self.class_names, "ignore_index": self.ignore_index, "with_labels": self.with_labels,
-            "embedding_dims": self.embedding_dims, **dict(fingerprint or {}),
+            "embedding_dims": self.embedding_dims, **more, **dict(fingerprint or {}),
         })
         self._closed = False
         self._lock = output_lock(self.path)
@@ -336,9 +500,10 @@ class PoolWriter:
             with _open_segment(seg) as z:
                 ids = [str(i) for i in z["ids"]]
                 sizes = np.asarray(z["sizes"], dtype=np.int64).reshape(-1, 2)
-                want = {"ids", "sizes", *(f"logits_{j}" for j in range(len(ids)))}
+                want = {"ids", "sizes"} | {f"emb.{e}" for e in self.embedding_dims} | {f"x.{e}" for e in self.extras}
+                want |= {f"logits_{j}" for j in range(len(ids))} if self.storage != "none" else set()
+                want |= {f"classes_{j}" for j in range(len(ids))} if self.storage == "topk" else set()
                 want |= {f"labels_{j}" for j in range(len(ids))} if self.with_labels else set()
-                want |= {f"emb.{e}" for e in self.embedding_dims}
                 if len(sizes) != len(ids) or not want <= set(z.files):
                     raise InputError(f"{seg}: damaged batch of an interrupted run; pass --overwrite to start over")
             for i in ids:
@@ -350,9 +515,11 @@ class PoolWriter:
         self.shape = tuple(int(s) for s in np.concatenate([np.asarray([self.hint]), *self._sizes]).max(axis=0))
 
     # -- rows -------------------------------------------------------------------------------------------
-    def _as_runs(self, b: int, logits, labels) -> list[tuple[int, np.ndarray, np.ndarray | None]]:
+    def _as_runs(self, b: int, logits, labels, *, channels: int | None = None,
+                 want_labels: bool | None = None) -> list[tuple[int, np.ndarray, np.ndarray | None]]:
         """(first row, logits (r,K,h,w), labels (r,h,w) or None) per run of equal-size images."""
-        k, want_labels = self.n_classes, self.with_labels
+        k = self.n_classes if channels is None else channels
+        want_labels = self.with_labels if want_labels is None else want_labels
         if want_labels and labels is None:
             raise ValueError("this pool file stores labels; append() needs them")
         if isinstance(logits, np.ndarray) or (hasattr(logits, "shape") and hasattr(logits, "dtype")):
@@ -387,20 +554,43 @@ class PoolWriter:
     def append(
         self,
         ids: Sequence[str],
-        logits: np.ndarray | Sequence[np.ndarray],
+        logits: np.ndarray | Sequence[np.ndarray] | None,
         labels: np.ndarray | Sequence[np.ndarray] | None = None,
         embeddings: Mapping[str, np.ndarray] | None = None,
+        *,
+        topk_classes: np.ndarray | Sequence[np.ndarray] | None = None,
+        sizes: np.ndarray | Sequence[Sequence[int]] | None = None,
+        extras: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Append ``len(ids)`` rows, stored as float16: one durable segment of the partial folder.
 
         ``logits`` is an array (b,K,H,W) (images of one size) or a list of b arrays (K,h_i,w_i); ``labels``
-        (with ``with_labels``) likewise (b,H,W) or a list of (h_i,w_i).
+        (with ``with_labels``) likewise (b,H,W) or a list of (h_i,w_i). With ``topk:K`` storage ``logits``
+        holds the K largest probabilities and ``topk_classes`` their classes, in the same shapes; with
+        ``none`` storage ``logits`` is None and ``sizes`` (b,2) gives each image's (h, w).
+        ``extras[name]`` is (b, *shape) for each name the writer was given.
         """
         if self._closed:
             raise ValueError("append() on a closed PoolWriter")
         ids = [str(i) for i in ids]
         b = len(ids)
-        runs = self._as_runs(b, logits, labels)
+        class_runs = None
+        if self.storage == "none":
+            if logits is not None:
+                raise ValueError("this pool file stores no logits (logits_storage none); pass logits=None and sizes")
+            given = np.asarray(sizes if sizes is not None else np.zeros((0, 2)), dtype=np.int64).reshape(-1, 2)
+            if len(given) != b or (given < 1).any():
+                raise ValueError(f"sizes must be (b, 2) image sizes >= 1 for {b} ids, got {given.tolist()}")
+            # zero-channel stand-ins carry the sizes through the same checks (labels must match them)
+            runs = self._as_runs(b, [np.zeros((0, h, w), dtype=np.float16) for h, w in given], labels, channels=0)
+        else:
+            runs = self._as_runs(b, logits, labels, channels=self.topk or None)
+            if self.storage == "topk":
+                if topk_classes is None:
+                    raise ValueError("topk storage: append() needs topk_classes")
+                class_runs = self._as_runs(b, topk_classes, None, channels=self.topk, want_labels=False)
+                if [(f, x.shape) for f, x, _ in class_runs] != [(f, x.shape) for f, x, _ in runs]:
+                    raise ValueError("topk_classes must have the shapes of the top-k probabilities")
         if b == 0:
             return
         seen = set(self._id_set)
@@ -416,10 +606,22 @@ class PoolWriter:
         for first, x, y in runs:
             for j in range(len(x)):
                 sizes[first + j] = x.shape[2:]
-                arrays[f"logits_{first + j}"] = np.asarray(x[j], dtype=np.float16)
+                if self.storage != "none":
+                    arrays[f"logits_{first + j}"] = np.asarray(x[j], dtype=np.float16)
                 if y is not None:
                     arrays[f"labels_{first + j}"] = np.asarray(y[j]).astype(self.label_dtype)
+        for first, c, _ in class_runs or ():
+            for j in range(len(c)):
+                arrays[f"classes_{first + j}"] = np.asarray(c[j]).astype(_class_dtype(self.n_classes))
         arrays["sizes"] = sizes
+        extras = dict(extras or {})
+        if set(extras) != set(self.extras):
+            raise ValueError(f"extras {sorted(extras)} != {sorted(self.extras)}")
+        for name, (shape, dtype) in self.extras.items():
+            x = np.asarray(extras[name]).astype(dtype, copy=False)
+            if x.shape != (b, *shape):
+                raise ValueError(f"extras[{name!r}] has shape {x.shape}, expected {(b, *shape)}")
+            arrays[f"x.{name}"] = x
         for name, dim in self.embedding_dims.items():
             e = np.asarray(embeddings[name], dtype=np.float32)
             if e.shape != (b, dim):
@@ -454,48 +656,22 @@ class PoolWriter:
         sizes = np.concatenate(self._sizes) if n else np.zeros((0, 2), dtype=np.int64)
         h, w = (int(s) for s in sizes.max(axis=0)) if n else self.hint
         self.shape = (h, w)
-        ch, cw = chunk_tile(k, *self.hint)
+        attrs = dict(self.attrs)
+        if self.storage != "native":
+            attrs["logits_storage"] = self.logits_storage
         try:
             with atomic_path(self.path) as tmp, _h5_create(tmp, rdcc_nbytes=RDCC_NBYTES) as fh:
-                fh.attrs["format"] = POOL_FORMAT
-                fh.attrs["format_version"] = POOL_VERSION
-                fh.attrs["class_names"] = json.dumps(self.class_names)
-                fh.attrs["n_classes"] = k
-                fh.attrs["ignore_index"] = self.ignore_index
-                fh.attrs["alseg_version"] = __version__
-                fh.attrs["created"] = _now()
-                for key, value in self.attrs.items():
-                    fh.attrs[key] = value if isinstance(value, (str, int, float, np.number)) else json.dumps(value)
-                ids_ds = fh.create_dataset("ids", shape=(n,), maxshape=(None,), dtype=STR_DTYPE, chunks=(1024,))
-                ids_ds.attrs["axes"] = "id"
-                sizes_ds = fh.create_dataset("sizes", shape=(n, 2), maxshape=(None, 2), dtype=np.int32, chunks=(1024, 2))
-                sizes_ds.attrs["axes"] = "id,hw"
-                lg = fh.create_dataset(
-                    "logits", shape=(n, k, h, w), maxshape=(None, k, None, None), dtype=np.float16,
-                    chunks=(1, k, ch, cw), fillvalue=0, **COMPRESSION,
+                _write_pool_attrs(fh, self.class_names, self.ignore_index, attrs)
+                ds = _create_pool_datasets(
+                    fh, n=n, shape=(h, w), tile=chunk_tile(k, *self.hint), n_classes=k, storage=self.storage,
+                    topk=self.topk, label_dtype=self.label_dtype if self.with_labels else None,
+                    ignore_index=self.ignore_index, embedding_dims=self.embedding_dims,
+                    embedding_attrs=self.embedding_attrs,
                 )
-                lg.attrs["axes"] = "id,class,y,x"
-                lb = None
-                if self.with_labels:
-                    lb = fh.create_dataset(
-                        "labels", shape=(n, h, w), maxshape=(None, None, None), dtype=self.label_dtype,
-                        chunks=(1, ch, cw), fillvalue=self.ignore_index, **COMPRESSION,
-                    )
-                    lb.attrs["axes"] = "id,y,x"
-                embs = {}
-                if self.embedding_dims:
-                    grp = fh.create_group("embeddings")
-                    for name, dim in self.embedding_dims.items():
-                        rows = max(1, min(256, (1 << 20) // max(dim * 4, 1)))
-                        e = grp.create_dataset(name, shape=(n, dim), maxshape=(None, dim), dtype=np.float32,
-                                               chunks=(rows, dim))
-                        e.attrs["axes"] = "id,feature"
-                        for key, value in self.embedding_attrs.get(name, {}).items():
-                            e.attrs[key] = value
-                        embs[name] = e
                 if n:
-                    ids_ds[:] = np.asarray(self.written_ids, dtype=object)
-                    sizes_ds[:] = sizes.astype(np.int32)
+                    ds["ids"][:] = np.asarray(self.written_ids, dtype=object)
+                    ds["sizes"][:] = sizes.astype(np.int32)
+                images = {"logits": "logits", "topk_probs": "logits", "topk_classes": "classes", "labels": "labels"}
                 row = 0
                 for seg, seg_sizes in zip(self._segments, self._sizes):
                     b = len(seg_sizes)
@@ -504,16 +680,28 @@ class PoolWriter:
                             for run in _runs(seg_sizes):
                                 rh, rw = (int(s) for s in seg_sizes[run[0]])
                                 at = slice(row + int(run[0]), row + int(run[-1]) + 1)
-                                lg[at, :, :rh, :rw] = np.stack([z[f"logits_{j}"] for j in run])
-                                if lb is not None:
-                                    lb[at, :rh, :rw] = np.stack([z[f"labels_{j}"] for j in run])
-                            for name, e in embs.items():
+                                for name, key in images.items():
+                                    if name in ds:
+                                        ds[name][at, ..., :rh, :rw] = np.stack([z[f"{key}_{j}"] for j in run])
+                            for name, e in ds["embeddings"].items():
                                 e[row : row + b] = z[f"emb.{name}"]
                         except (zipfile.BadZipFile, KeyError, ValueError, EOFError) as exc:
                             raise _damaged(seg, exc) from None
                     row += b
         except OutputError as exc:
             raise OutputError(f"{exc}; the finished batches stay in {self.partial}: rerun with --resume") from None
+
+    def extra(self, name: str) -> np.ndarray:
+        """(N, *shape) rows of extra ``name`` from the segments, in row order (before :meth:`discard_partial`)."""
+        shape, dtype = self.extras[name]
+        parts = []
+        for seg in self._segments:
+            with _open_segment(seg) as z:
+                try:
+                    parts.append(np.asarray(z[f"x.{name}"]))
+                except (zipfile.BadZipFile, KeyError, ValueError, EOFError) as exc:
+                    raise _damaged(seg, exc) from None
+        return np.concatenate(parts) if parts else np.zeros((0, *shape), dtype=dtype)
 
     def close(self, *, commit: bool = True, keep_partial: bool = False) -> Path:
         """Release the output; with ``commit`` assemble the pool file from the segments and rename it into
@@ -543,6 +731,67 @@ class PoolWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         # On an exception (KeyboardInterrupt included) the segments stay: `infer --resume` continues them.
         self.close(commit=exc_type is None)
+
+
+def _write_pool_attrs(fh: h5py.File, class_names: Sequence[str], ignore_index: int, attrs: Mapping[str, Any]) -> None:
+    fh.attrs["format"] = POOL_FORMAT
+    fh.attrs["format_version"] = POOL_VERSION
+    fh.attrs["class_names"] = json.dumps(list(class_names))
+    fh.attrs["n_classes"] = len(class_names)
+    fh.attrs["ignore_index"] = int(ignore_index)
+    fh.attrs["alseg_version"] = __version__
+    fh.attrs["created"] = _now()
+    for key, value in attrs.items():
+        fh.attrs[key] = value if isinstance(value, (str, int, float, np.number)) else json.dumps(value)
+
+
+def _create_pool_datasets(
+    fh: h5py.File, *, n: int, shape: tuple[int, int], tile: tuple[int, int], n_classes: int, storage: str,
+    topk: int, label_dtype, ignore_index: int, embedding_dims: Mapping[str, int],
+    embedding_attrs: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    """The empty datasets of a pool file (the one layout :class:`PoolWriter` and :func:`merge_pools` write):
+    name -> dataset, and ``"embeddings"`` -> {name: dataset}."""
+    (h, w), (ch, cw), k = shape, tile, n_classes
+    out: dict[str, Any] = {}
+    out["ids"] = fh.create_dataset("ids", shape=(n,), maxshape=(None,), dtype=STR_DTYPE, chunks=(1024,))
+    out["ids"].attrs["axes"] = "id"
+    out["sizes"] = fh.create_dataset("sizes", shape=(n, 2), maxshape=(None, 2), dtype=np.int32, chunks=(1024, 2))
+    out["sizes"].attrs["axes"] = "id,hw"
+    if storage == "native":
+        out["logits"] = fh.create_dataset(
+            "logits", shape=(n, k, h, w), maxshape=(None, k, None, None), dtype=np.float16,
+            chunks=(1, k, ch, cw), fillvalue=0, **COMPRESSION,
+        )
+        out["logits"].attrs["axes"] = "id,class,y,x"
+    elif storage == "topk":
+        out["topk_probs"] = fh.create_dataset(
+            "topk_probs", shape=(n, topk, h, w), maxshape=(None, topk, None, None), dtype=np.float16,
+            chunks=(1, topk, ch, cw), fillvalue=0, **COMPRESSION,
+        )
+        out["topk_probs"].attrs["axes"] = "id,rank,y,x"
+        out["topk_classes"] = fh.create_dataset(
+            "topk_classes", shape=(n, topk, h, w), maxshape=(None, topk, None, None), dtype=_class_dtype(k),
+            chunks=(1, topk, ch, cw), fillvalue=0, **COMPRESSION,
+        )
+        out["topk_classes"].attrs["axes"] = "id,rank,y,x"
+    if label_dtype is not None:
+        out["labels"] = fh.create_dataset(
+            "labels", shape=(n, h, w), maxshape=(None, None, None), dtype=label_dtype,
+            chunks=(1, ch, cw), fillvalue=ignore_index, **COMPRESSION,
+        )
+        out["labels"].attrs["axes"] = "id,y,x"
+    out["embeddings"] = {}
+    if embedding_dims:
+        grp = fh.create_group("embeddings")
+        for name, dim in embedding_dims.items():
+            rows = max(1, min(256, (1 << 20) // max(dim * 4, 1)))
+            e = grp.create_dataset(name, shape=(n, dim), maxshape=(None, dim), dtype=np.float32, chunks=(rows, dim))
+            e.attrs["axes"] = "id,feature"
+            for key, value in embedding_attrs.get(name, {}).items():
+                e.attrs[key] = value
+            out["embeddings"][name] = e
+    return out
 
 
 def _plain(obj: Any) -> Any:
@@ -658,20 +907,35 @@ def check_pool_resume(
     return len(_segment_paths(p))
 
 
+class _Shape:
+    def __init__(self, shape: Sequence[int]):
+        self.shape = tuple(int(x) for x in shape)
+        self.ndim = len(self.shape)
+
+
 class PoolReader:
     """Reads a pool file lazily; logits are read one batch of chunks at a time, as float32, cropped to each
     image's valid (h, w).
 
     ``sizes`` (N,2): each image's (h, w) (all equal to the logits' (H, W) in a version-1 file);
     ``shape``: the largest (h, w); ``variable_size``: whether the images differ in size.
+    ``logits_storage``: ``native``, ``topk:K`` or ``none`` (``infer --logits``); ``has_logits``: native.
     """
 
     def __init__(self, path: str | os.PathLike, *, require_labels: bool = False, require_embeddings: Sequence[str] = ()):
         self.path = Path(path)
-        required = ["ids", "logits"] + (["labels"] if require_labels else [])
+        required = ["ids"] + (["labels"] if require_labels else [])
         required += [f"embeddings/{e}" for e in require_embeddings]
         self.fh = _open_checked(self.path, POOL_FORMAT, required)
         try:
+            storage = self.fh.attrs.get("logits_storage", "native")
+            self.logits_storage = storage.decode() if isinstance(storage, bytes) else str(storage)
+            self.storage, self.topk = parse_logits_storage(self.logits_storage)
+            stored = {"native": ["logits"], "topk": ["topk_probs", "topk_classes"], "none": []}[self.storage]
+            missing = [name for name in stored if name not in self.fh]
+            if missing:
+                raise InputError(f"{path}: missing dataset(s) {', '.join('/' + m for m in missing)}")
+            self.has_logits = self.storage == "native"
             self._load()
         except (OSError, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
             self.fh.close()
@@ -687,9 +951,23 @@ class PoolReader:
         _check_ids(path, self.ids)
         self.index = _IdIndex(path, self.ids)
         n = len(self.ids)
-        logits = self.fh["logits"]
+        # the (N, K, H, W) the model output has, from whichever image-shaped dataset the file keeps
+        if self.storage == "native":
+            shape4, name = tuple(self.fh["logits"].shape), "logits"
+        elif self.storage == "topk":
+            probs, classes = self.fh["topk_probs"], self.fh["topk_classes"]
+            if probs.ndim != 4 or classes.shape != probs.shape or probs.shape[1] != self.topk:
+                raise InputError(f"{path}: /topk_probs {probs.shape} and /topk_classes {classes.shape} must both be "
+                                 f"(images, {self.topk}, H, W) ({self.logits_storage})")
+            shape4, name = (probs.shape[0], int(a["n_classes"]), *probs.shape[2:]), "topk_probs"
+        elif "labels" in self.fh and self.fh["labels"].ndim == 3:
+            shape4, name = (self.fh["labels"].shape[0], int(a["n_classes"]), *self.fh["labels"].shape[1:]), "labels"
+        else:  # no image-shaped dataset: the largest size is the shape
+            sizes = self.fh["sizes"][:].reshape(-1, 2) if "sizes" in self.fh else np.ones((1, 2), dtype=np.int64)
+            shape4, name = (n, int(a["n_classes"]), *(int(x) for x in sizes.max(axis=0, initial=1))), "sizes"
+        logits = _Shape(shape4)
         if logits.ndim != 4:
-            raise InputError(f"{path}: /logits has shape {logits.shape}; a pool file holds (images, classes, H, W)")
+            raise InputError(f"{path}: /{name} has shape {logits.shape}; a pool file holds (images, classes, H, W)")
         k = int(logits.shape[1])
         try:
             self.class_names = json.loads(a["class_names"])
@@ -751,12 +1029,35 @@ class PoolReader:
         one yield, so a yield may hold fewer than ``batch_size`` rows, and the ids of all yields, joined,
         are exactly the requested order. A pool of one image size yields whole batches.
         """
+        if not self.has_logits:
+            # nothing is reconstructed from top-k probabilities: scores would change without a word
+            raise InputError(
+                f"{self.path}: stores no full logits (written with `alseg infer --logits {self.logits_storage}`); "
+                "use the scores file that run wrote (--scores-out), or rerun `alseg infer --logits native`"
+            )
+        yield from self._iter_images(batch_size, ("logits",), ids=ids, with_labels=with_labels)
+
+    def iter_topk(
+        self, batch_size: int = 16, *, ids: Sequence[str] | None = None, with_labels: bool = False
+    ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None]]:
+        """Yield ``(ids, probs float32 (b,K',h,w), classes int64 (b,K',h,w), labels or None)`` of a
+        ``topk:K'`` file, batched and cropped as :meth:`iter_batches` does; probabilities decrease along
+        axis 1 and ``classes`` are their class indices."""
+        if self.storage != "topk":
+            raise InputError(f"{self.path}: holds no top-k probabilities (logits_storage {self.logits_storage}); "
+                             "write them with `alseg infer --logits topk:K`")
+        for batch_ids, (probs, classes), labels in self._iter_images(
+            batch_size, ("topk_probs", "topk_classes"), ids=ids, with_labels=with_labels, raw=True
+        ):
+            yield batch_ids, probs.astype(np.float32), classes.astype(np.int64), labels
+
+    def _iter_images(self, batch_size, names, *, ids, with_labels, raw=False):
         if batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
         if with_labels and not self.has_labels:
             raise InputError(f"{self.path}: has no /labels; rerun `alseg infer --with-labels` on a labeled set")
         rows = np.arange(len(self.ids)) if ids is None else self.rows(ids)
-        logits_ds, labels_ds = self.fh["logits"], (self.fh["labels"] if with_labels else None)
+        datasets, labels_ds = [self.fh[n] for n in names], (self.fh["labels"] if with_labels else None)
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
             for run in _runs(self.sizes[batch]):
@@ -766,12 +1067,12 @@ class PoolReader:
                 uniq, inv = np.unique(sel, return_inverse=True)
                 idx = slice(int(uniq[0]), int(uniq[-1]) + 1) if uniq[-1] - uniq[0] == len(uniq) - 1 else uniq
                 try:
-                    logits = logits_ds[idx, :, :h, :w].astype(np.float32)[inv]
+                    arrays = [ds[idx, :, :h, :w][inv] for ds in datasets]
                     labels = labels_ds[idx, :h, :w][inv].astype(np.int64) if labels_ds is not None else None
                 except OSError as exc:  # a damaged chunk
                     raise InputError(f"{self.path}: cannot read the rows of id {self.ids[sel[0]]!r} "
                                      f"({exc}); the file is damaged") from None
-                yield [self.ids[r] for r in sel], logits, labels
+                yield [self.ids[r] for r in sel], (arrays if raw else arrays[0].astype(np.float32)), labels
 
     def embedding(self, name: str, ids: Sequence[str] | None = None) -> np.ndarray:
         """``(n, D)`` float32 embedding rows, aligned with ``ids`` (all rows in file order by default)."""
@@ -965,3 +1266,205 @@ class ScoresReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------------------------------- shards
+
+
+_SHARD_ATTR = re.compile(r"(\d+)/(\d+)")
+
+
+def _attr_text(attrs, key: str, default: Any = None) -> Any:
+    value = attrs.get(key, default)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _ordered_shards(paths: Sequence[Path], files: Sequence[h5py.File]) -> list[int]:
+    """Positions of ``paths`` in shard order; refuses non-shards, mixed counts, duplicates and gaps."""
+    where: dict[int, int] = {}
+    count = None
+    for pos, (path, fh) in enumerate(zip(paths, files)):
+        m = _SHARD_ATTR.fullmatch(str(_attr_text(fh.attrs, "shard", "")))
+        if m is None:
+            raise InputError(f"{path}: not a shard (no shard attribute); merge takes the files that "
+                             "`alseg infer --shard i/n` or torchrun write")
+        index, n = int(m.group(1)), int(m.group(2))
+        if count is None:
+            count = n
+        elif n != count:
+            raise InputError(f"{path}: shard {index} of {n}, but {paths[0]} is one of {count}; merge the shards "
+                             "of one run")
+        if index in where:
+            raise InputError(f"{path}: shard {index} of {n} is also {paths[where[index]]}; pass each shard once")
+        where[index] = pos
+    missing = [i for i in range(count or 0) if i not in where]
+    if missing:
+        raise InputError(f"shard {missing[0]} of {count} is missing (given: {', '.join(str(p) for p in paths)}); "
+                         f"pass all {count} shards")
+    return [where[i] for i in range(count or 0)]
+
+
+def _refuse_difference(first: Path, path: Path, key: str, a: Any, b: Any) -> None:
+    if a != b:
+        raise InputError(f"{path}: {key} differs from {first}'s ({_short(a)} there, {_short(b)} here); "
+                         "merge only the shards of one infer run")
+
+
+def pool_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``fingerprint`` attribute of a pool file (``infer`` writes it into shards), {} when absent."""
+    with _open_checked(path, POOL_FORMAT, ["ids"]) as fh:
+        text = _attr_text(fh.attrs, "fingerprint")
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        raise InputError(f"{path}: its fingerprint attribute is not JSON; the file is damaged") from None
+
+
+def _fingerprint_of(fh: h5py.File) -> dict[str, Any]:
+    text = _attr_text(fh.attrs, "fingerprint")
+    doc = json.loads(text) if text else {}
+    doc.pop("shard", None)
+    return doc
+
+
+def _copy_images(src: h5py.Dataset, dst: h5py.Dataset, row0: int, sizes: np.ndarray) -> None:
+    """Rows of ``src`` into ``dst`` from row ``row0``, the same values a one-process writer leaves.
+
+    Chunks wholly inside ``src`` go over as they are stored (no decompression: the copy runs at disk
+    speed) when both datasets share chunk shape, dtype and filter; edge chunks and other layouts are read
+    and written, valid region only, the padding staying the fill value."""
+    n = src.shape[0]
+    same = (src.chunks == dst.chunks and src.dtype == dst.dtype and src.compression == dst.compression
+            and src.fillvalue == dst.fillvalue and src.shuffle == dst.shuffle)
+    if not same:
+        for r in range(n):
+            h, w = (int(x) for x in sizes[r])
+            dst[row0 + r, ..., :h, :w] = src[r, ..., :h, :w]
+        return
+    offsets: list[tuple[int, ...]] = []
+    if hasattr(src.id, "chunk_iter"):
+        src.id.chunk_iter(lambda info: offsets.append(tuple(info.chunk_offset)))
+    else:  # older HDF5: one lookup per chunk
+        offsets = [tuple(src.id.get_chunk_info(i).chunk_offset) for i in range(src.id.get_num_chunks())]
+    spatial, tile = src.shape[1:], src.chunks[1:]
+    for off in offsets:
+        if all(o + c <= s for o, c, s in zip(off[1:], tile, spatial)):
+            mask, data = src.id.read_direct_chunk(off)
+            dst.id.write_direct_chunk((off[0] + row0, *off[1:]), data, mask)
+        else:  # an edge chunk: beyond the source's extent its bytes are undefined, so copy values
+            sl = tuple(slice(o, min(o + c, s)) for o, c, s in zip(off[1:], tile, spatial))
+            dst[(off[0] + row0, *sl)] = src[(off[0], *sl)]
+
+
+def merge_pools(
+    shard_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike, *, overwrite: bool = False,
+    progress=lambda advance=1, total=None: None,
+) -> dict[str, Any]:
+    """Copy the shards of one ``infer`` run into one pool file at ``out_path`` (atomic), rows in shard
+    order, which is the id list's order. Returns ``{"n_images", "shards", "shape"}``.
+
+    Refuses, with one line, files that are not pool shards, shards of different runs (class names,
+    checkpoint, config, options, fingerprint), a missing or repeated shard, or an id in two shards.
+    The result has exactly the datasets a one-process ``infer`` writes (same values, same layout)."""
+    paths = [Path(p) for p in shard_paths]
+    if not paths:
+        raise InputError("merge needs at least one shard")
+    out_path = check_writable(out_path, overwrite=overwrite)
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(_open_checked(p, POOL_FORMAT, ["ids", "sizes"])) for p in paths]
+        order = _ordered_shards(paths, files)
+        paths, files = [paths[i] for i in order], [files[i] for i in order]
+        first, f0 = paths[0], files[0]
+        readers = [stack.enter_context(PoolReader(p)) for p in paths]  # full validation of each shard
+        emb0 = {name: (ds.shape[1], _plain(dict(ds.attrs))) for name, ds in f0.get("embeddings", {}).items()}
+        for path, fh, reader in zip(paths[1:], files[1:], readers[1:]):
+            for key in _SHARD_SAME:
+                a, b = _plain(_attr_text(f0.attrs, key)), _plain(_attr_text(fh.attrs, key))
+                _refuse_difference(first, path, key, a, b)
+            _refuse_difference(first, path, "fingerprint", _fingerprint_of(f0), _fingerprint_of(fh))
+            _refuse_difference(first, path, "labels", readers[0].has_labels, reader.has_labels)
+            emb = {name: (ds.shape[1], _plain(dict(ds.attrs))) for name, ds in fh.get("embeddings", {}).items()}
+            _refuse_difference(first, path, "embeddings", emb0, emb)
+        ids = [i for r in readers for i in r.ids]
+        seen: dict[str, Path] = {}
+        for path, reader in zip(paths, readers):
+            for i in reader.ids:
+                if i in seen:
+                    raise InputError(f"{path}: id {i!r} is also in {seen[i]}; shards of one run are disjoint")
+                seen[i] = path
+        sizes = np.concatenate([r.sizes for r in readers]) if ids else np.zeros((0, 2), dtype=np.int64)
+        n = len(ids)
+        r0 = readers[0]
+        image_names = [name for name in ("logits", "topk_probs", "topk_classes", "labels") if name in f0]
+        tile = tuple(f0[image_names[0]].chunks[-2:]) if image_names else (1, 1)
+        h, w = (int(x) for x in sizes.max(axis=0)) if n else (1, 1)
+        attrs = {k: _attr_text(f0.attrs, k) for k in f0.attrs
+                 if k not in ("format", "format_version", "class_names", "n_classes", "ignore_index",
+                              "alseg_version", "created", "shard", "fingerprint")}
+        fingerprint = _fingerprint_of(f0)
+        if fingerprint:
+            attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
+        attrs["merged_shards"] = json.dumps([p.name for p in paths])
+        progress(0, n)
+        with atomic_path(out_path) as tmp, _h5_create(tmp, rdcc_nbytes=RDCC_NBYTES) as out:
+            _write_pool_attrs(out, r0.class_names, r0.ignore_index, attrs)
+            ds = _create_pool_datasets(
+                out, n=n, shape=(h, w), tile=tile, n_classes=r0.n_classes, storage=r0.storage, topk=r0.topk,
+                label_dtype=f0["labels"].dtype if "labels" in f0 else None, ignore_index=r0.ignore_index,
+                embedding_dims={k: d for k, (d, _) in emb0.items()},
+                embedding_attrs={k: dict(f0["embeddings"][k].attrs) for k in emb0},
+            )
+            if n:
+                ds["ids"][:] = np.asarray(ids, dtype=object)
+                ds["sizes"][:] = sizes.astype(np.int32)
+            row = 0
+            for fh, reader in zip(files, readers):
+                b = len(reader.ids)
+                for name in image_names:
+                    _copy_images(fh[name], ds[name], row, reader.sizes)
+                for name, e in ds["embeddings"].items():
+                    src = fh["embeddings"][name]
+                    for s in range(0, b, 65536):  # bounded memory for millions of rows
+                        e[row + s : row + min(b, s + 65536)] = src[s : min(b, s + 65536)]
+                row += b
+                progress(b, None)
+    return {"n_images": n, "shards": [str(p) for p in paths], "shape": [h, w]}
+
+
+def merge_scores(
+    shard_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike, *, overwrite: bool = False,
+    attrs: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Concatenate the scores files of one sharded ``infer --scores`` run (shard order) into ``out_path``.
+
+    Score and embedding names, their params and shapes must agree. ``attrs`` (e.g. the merged pool's
+    ``pool_path`` and ``pool_sha256``) replace the shards' pool attributes, which name their shard."""
+    paths = [Path(p) for p in shard_paths]
+    if not paths:
+        raise InputError("merge needs at least one shard")
+    with contextlib.ExitStack() as stack:
+        readers = [stack.enter_context(ScoresReader(p)) for p in paths]
+        order = _ordered_shards(paths, [r.fh for r in readers])
+        paths, readers = [paths[i] for i in order], [readers[i] for i in order]
+        def layout(r: ScoresReader) -> dict[str, Any]:
+            return {f"{g}/{name}": [list(r.fh[g][name].shape[1:]), str(r.fh[g][name].dtype), r.params(name)]
+                    for g, names in (("scores", r.score_names), ("embeddings", r.embedding_names)) for name in names}
+        base = layout(readers[0])
+        for path, r in zip(paths[1:], readers[1:]):
+            _refuse_difference(paths[0], path, "datasets", sorted(base), sorted(layout(r)))
+            for key, value in layout(r).items():
+                _refuse_difference(paths[0], path, key, base[key], value)
+        ids = [i for r in readers for i in r.ids]
+        _check_ids(Path(out_path), ids)
+        r0 = readers[0]
+        scores = {name: np.concatenate([r.score(name) for r in readers]) for name in r0.score_names}
+        embeddings = {name: np.concatenate([r.embedding(name) for r in readers]) for name in r0.embedding_names}
+        params = {name: r0.params(name) for name in [*r0.score_names, *r0.embedding_names]}
+        merged_attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in r0.attrs.items()
+                        if k not in ("format", "format_version", "alseg_version", "created", "shard", "pool_path",
+                                     "pool_sha256")}
+        merged_attrs.update(attrs or {})
+        merged_attrs["merged_shards"] = [p.name for p in paths]
+    write_scores(out_path, ids, scores=scores, embeddings=embeddings, params=params, attrs=merged_attrs,
+                 overwrite=overwrite)
+    return {"n_images": len(ids), "shards": [str(p) for p in paths]}

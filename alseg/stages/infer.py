@@ -3,10 +3,16 @@
 Reads: an mmseg config, a checkpoint, an id list, images (and masks with ``with_labels``) under
 ``data_root``. Writes: the pool file (``alseg.pool``, see :mod:`alseg.files.hdf5`) and
 ``<out>.manifest.json`` beside it. Memory does not grow with the pool: each batch is written and dropped.
+
+Sharding (``docs/scale.md``): with ``shard=(i, n)``, or under torchrun (its ``RANK``/``WORLD_SIZE``), a
+process infers the i-th of n contiguous blocks of whole batches of the id list into
+``<stem>.shard-i-of-n.h5``; under torchrun rank 0 then merges the shards into ``out_path``. The fused
+path (``scores``) scores each batch on the device (:mod:`alseg.fused`) and writes a scores file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from alseg.errors import InputError
+from alseg.errors import AlsegError, InputError
 from alseg.files.atomic import (
     check_not_input,
     check_writable,
     holding_output_locks,
+    output_lock,
     partial_path,
     removed_on_failure,
 )
@@ -42,6 +49,47 @@ class InferResult:
     resolution: str = "native"
     n_resumed: int = 0
     device: str = "cpu"
+    logits: str = "native"  # what the pool file keeps: native, topk:K or none
+    shard: str | None = None  # "i/n" for one shard's file
+    shards: list[str] = field(default_factory=list)  # the shard files merged into out_path (torchrun)
+    scores_path: Path | None = None
+    scores: list[str] = field(default_factory=list)
+
+
+def torchrun_env() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when torchrun started this process (its RANK and WORLD_SIZE), else None."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except ValueError:
+        raise InputError(f"RANK={os.environ['RANK']!r} / WORLD_SIZE={os.environ['WORLD_SIZE']!r} are not "
+                         "numbers; start sharded runs with torchrun or pass --shard i/n") from None
+    return rank, world, local
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if m is None or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise InputError(f"--shard: {text!r} is not i/n with 0 <= i < n (e.g. 0/4 for the first of 4 shards)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_rows(n_ids: int, batch_size: int, shard: tuple[int, int]) -> slice:
+    """Rows of shard i of n: the i-th of n contiguous blocks of whole batches (sizes differ by at most one
+    batch). Joined in shard order the blocks are the id list; every image sees the same batch as in a
+    one-process run, hence the same numbers."""
+    i, n = shard
+    n_batches = -(-n_ids // batch_size)
+    if n > n_batches:
+        raise InputError(f"--shard {i}/{n}: {n_ids} ids make only {n_batches} batch(es) of {batch_size}; "
+                         f"use at most {n_batches} shards or a smaller --batch-size")
+    first, last = (i * n_batches) // n, ((i + 1) * n_batches) // n
+    return slice(first * batch_size, min(n_ids, last * batch_size))
 
 
 def _slide(model) -> bool:
@@ -49,7 +97,8 @@ def _slide(model) -> bool:
 
 
 def _forward(model, batch: dict, taps, names: Sequence[str], *, resolution: str, with_labels: bool, ignore: int):
-    """One batch of same-size inputs -> per image: logits (K,h,w) float32, labels (h,w) int64 or None, and
+    """One batch of same-size inputs -> per image: logits (K,h,w) float32 tensors on the model's device,
+    labels (h,w) int64 or None, and
     the batch's embeddings {name: (b,D)}. Only each image's valid region is returned (no padding).
 
     ``whole`` inference runs the decode head once (taps capture its features); ``slide`` inference (as in
@@ -75,11 +124,11 @@ def _forward(model, batch: dict, taps, names: Sequence[str], *, resolution: str,
         if resolution == "full" and tuple(logits.shape[-2:]) != (big_h, big_w):
             logits = F.interpolate(logits, size=(big_h, big_w), mode="bilinear", align_corners=align)
     lh, lw = (int(s) for s in logits.shape[-2:])
-    logits = logits.float().cpu()
+    logits = logits.float()  # stays on the device: the caller copies what it stores
     out_logits, out_labels = [], []
     for i, (h, w) in enumerate(sizes):
         vh, vw = min(lh, math.ceil(lh * h / big_h)), min(lw, math.ceil(lw * w / big_w))
-        out_logits.append(logits[i, :, :vh, :vw].numpy())
+        out_logits.append(logits[i, :, :vh, :vw])
         if with_labels:
             from alseg.labels import labels_on_grid
 
@@ -95,7 +144,7 @@ def _forward(model, batch: dict, taps, names: Sequence[str], *, resolution: str,
             else:  # a mask at another size than its image: the same centre rule over the valid cells
                 mask = labels_on_grid(mask, (vh, vw))
             mask[(mask < 0) | (mask > max(ignore, 255))] = ignore
-            out_labels.append(mask.numpy())
+            out_labels.append(mask.cpu().numpy())
     return out_logits, (out_labels if with_labels else None), embs
 
 
@@ -111,7 +160,6 @@ def _same_size_groups(batch: dict) -> list[list[int]]:
     return list(groups.values())
 
 
-@holding_output_locks("out_path")  # for the whole run: a second infer to the same file fails at once
 def infer(
     config_path: str | os.PathLike,
     *,
@@ -129,6 +177,13 @@ def infer(
     split: str = "auto",
     cfg_options: Mapping[str, Any] | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    shard: tuple[int, int] | None = None,
+    logits: str = "native",
+    scores: Sequence[str] = (),
+    scores_out_path: str | os.PathLike | None = None,
+    calibration_path: str | os.PathLike | None = None,
+    aggregation: str = "mean",
+    q: float = 10.0,
 ) -> InferResult:
     """Write logits (float16, at the decode head's output resolution, or the input size with
     ``resolution="full"``), optional labels (each logit cell takes the mask's label at the cell centre,
@@ -141,42 +196,232 @@ def infer(
     ``resume`` continues an interrupted run from the finished batches in ``<out>.partial/``, after
     checking that config, checkpoint, id list and options are the same (see :class:`PoolWriter`); the
     result is the file an uninterrupted run writes. Two runs never write one output at once.
+
+    ``shard=(i, n)`` writes only shard i of n (:func:`shard_rows`) to ``<stem>.shard-i-of-n.h5``; under
+    torchrun each rank writes its shard (on ``cuda:LOCAL_RANK`` when CUDA is used) and rank 0 merges
+    them into ``out_path`` (:func:`alseg.files.hdf5.merge_pools`) and removes them. With ``resume`` a
+    finished shard is kept and an interrupted one continued.
+    ``logits``: ``native`` (store them), ``topk:K`` (the K largest probabilities and their classes) or
+    ``none``. ``scores`` (names of :data:`alseg.fused.FUSED_SCORES`) are computed on the device per
+    batch and written to ``scores_out_path`` in the format of ``alseg score`` (``crc`` needs
+    ``calibration_path``; ``aggregation``, ``q`` as in ``score``).
     """
+    env = torchrun_env()
+    if env is not None and shard is not None:
+        raise InputError("--shard and torchrun both split the id list; drop --shard under torchrun")
+    kwargs = dict(
+        checkpoint_path=checkpoint_path, ids_path=ids_path, data_root=data_root, batch_size=batch_size,
+        with_labels=with_labels, embeddings=embeddings, resolution=resolution, overwrite=overwrite, resume=resume,
+        split=split, cfg_options=cfg_options, progress=progress, logits=logits, scores=scores,
+        calibration_path=calibration_path, aggregation=aggregation, q=q,
+    )
+    if (scores_out_path is None) != (not scores):
+        raise InputError("--scores and --scores-out go together: name the scores and the file to write them to")
+    if scores_out_path is not None and Path(scores_out_path).resolve() == Path(out_path).resolve():
+        raise InputError(f"{scores_out_path}: --scores-out and --out name one file; give the scores their own")
+    if logits.strip() == "none" and not scores and not embeddings:
+        raise InputError("--logits none keeps no model output: add --scores (and --scores-out) or --embeddings")
+    if env is None:
+        if shard is None:
+            return _infer_one(config_path, out_path=out_path, scores_out_path=scores_out_path, shard=None,
+                              device=device, **kwargs)
+        i, n = shard
+        return _infer_one(config_path, out_path=shard_path(out_path, i, n), shard=(i, n), device=device,
+                          scores_out_path=None if scores_out_path is None else shard_path(scores_out_path, i, n),
+                          **kwargs)
+    return _infer_torchrun(config_path, env, out_path=out_path, scores_out_path=scores_out_path, device=device,
+                           **kwargs)
+
+
+def shard_path(path: str | os.PathLike, index: int, count: int) -> Path:
+    """``<stem>.shard-i-of-n<suffix>`` beside ``path`` (:func:`alseg.files.hdf5.shard_path`)."""
+    from alseg.files.hdf5 import shard_path as _shard_path
+
+    return _shard_path(path, index, count)
+
+
+def _infer_torchrun(config_path, env, *, out_path, scores_out_path, device, **kwargs) -> InferResult:
+    """One rank of a torchrun job: infer its shard, wait for all ranks, rank 0 merges."""
+    import torch
+    import torch.distributed as dist
+
+    rank, world, local = env
+    check_not_input([out_path, scores_out_path], [config_path, kwargs["checkpoint_path"], kwargs["ids_path"]])
+    check_writable(out_path, overwrite=kwargs["overwrite"])
+    if scores_out_path is not None:
+        check_writable(scores_out_path, overwrite=kwargs["overwrite"])
+    use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    elif device == "auto":
+        device = "cpu"
+    backend = "nccl" if use_cuda else "gloo"
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group(backend=backend)
+    try:
+        failure = None
+        result = None
+        try:
+            result = _infer_one(
+                config_path, out_path=shard_path(out_path, rank, world), shard=(rank, world), device=device,
+                scores_out_path=None if scores_out_path is None else shard_path(scores_out_path, rank, world),
+                **kwargs,
+            )
+        except AlsegError as exc:  # every rank learns of it, so none waits for a rank that failed
+            failure = exc
+        reports: list[Any] = [None] * world
+        mine = (str(failure), 0) if failure is not None else (None, result.n_resumed)
+        dist.all_gather_object(reports, mine)
+        if failure is not None:
+            raise failure
+        failed = [(r, msg) for r, (msg, _) in enumerate(reports) if msg]
+        if failed:
+            r, msg = failed[0]
+            raise InputError(f"rank {r} failed ({msg}); its shard stays: fix it and rerun with --resume")
+        if rank == 0:
+            result = _merge_shards(result, out_path, scores_out_path, world, overwrite=kwargs["overwrite"],
+                                   config_path=config_path, kwargs=kwargs,
+                                   n_resumed=sum(n for _, n in reports))
+        dist.barrier()  # the job ends when the merged file is there
+        return result
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _merge_shards(result: InferResult, out_path, scores_out_path, world: int, *, overwrite, config_path,
+                  kwargs, n_resumed: int) -> InferResult:
+    """Rank 0 after the barrier: shards -> ``out_path`` (and ``scores_out_path``), manifest, shards removed."""
+    import dataclasses
+
+    from alseg import mm
+    from alseg.files.hdf5 import merge_pools, merge_scores, pool_digest
+
+    start = time.perf_counter()
+    pools = [shard_path(out_path, r, world) for r in range(world)]
+    score_files = [] if scores_out_path is None else [shard_path(scores_out_path, r, world) for r in range(world)]
+    with output_lock(out_path), (output_lock(scores_out_path) if scores_out_path else contextlib.nullcontext()):
+        info = merge_pools(pools, out_path, overwrite=overwrite)
+        with removed_on_failure(out_path, *([scores_out_path] if scores_out_path else [])):
+            if scores_out_path is not None:
+                merge_scores(score_files, scores_out_path, overwrite=overwrite,
+                             attrs={"pool_path": str(out_path), "pool_sha256": pool_digest(out_path)})
+            manifests = [Path(str(p) + ".manifest.json") for p in pools + score_files]
+            seconds = [json.loads(m.read_text()).get("seconds") or 0.0 for m in manifests[:world] if m.is_file()]
+            merged = dataclasses.replace(
+                result, out_path=Path(out_path), n_images=info["n_images"], shard=None, shards=info["shards"],
+                logits_shape=(info["n_images"], result.n_classes, *info["shape"]),
+                seconds=max(seconds, default=0.0) + time.perf_counter() - start,
+                n_resumed=n_resumed, scores_path=None if scores_out_path is None else Path(scores_out_path),
+            )
+            args = {k: v for k, v in kwargs.items() if k != "progress"}
+            args.update(config_path=str(config_path), out_path=str(out_path), world_size=world,
+                        scores_out_path=None if scores_out_path is None else str(scores_out_path))
+            for path in [out_path, scores_out_path] if scores_out_path else [out_path]:
+                write_manifest(path, stage="infer", args=args,
+                               inputs=[mm.find_config(config_path), kwargs["checkpoint_path"], kwargs["ids_path"],
+                                       kwargs["calibration_path"]],
+                               outputs=[out_path, scores_out_path], seconds=merged.seconds, result=merged)
+    for path in pools + score_files + manifests:  # merged: the shards were only a way to get there
+        Path(path).unlink(missing_ok=True)
+    return merged
+
+
+@holding_output_locks("out_path", "scores_out_path")  # for the whole run: a second infer to the same file fails at once
+def _infer_one(
+    config_path: str | os.PathLike,
+    *,
+    checkpoint_path: str | os.PathLike,
+    ids_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    data_root: str | os.PathLike | None,
+    device: str,
+    batch_size: int,
+    with_labels: bool,
+    embeddings: Sequence[str],
+    resolution: str,
+    overwrite: bool,
+    resume: bool,
+    split: str,
+    cfg_options: Mapping[str, Any] | None,
+    progress: Callable[[int, int | None], None] | None,
+    shard: tuple[int, int] | None,
+    logits: str,
+    scores: Sequence[str],
+    scores_out_path: str | os.PathLike | None,
+    calibration_path: str | os.PathLike | None,
+    aggregation: str,
+    q: float,
+) -> InferResult:
+    """One process's part: the whole id list, or one shard of it, into ``out_path``."""
     start = time.perf_counter()
     progress = progress or (lambda advance=1, total=None: None)
     if resolution not in RESOLUTIONS:
         raise InputError(f"unknown resolution {resolution!r}; use native or full")
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1 (got {batch_size})")
-    check_not_input([out_path, manifest_path(out_path), partial_path(out_path)],
-                    [config_path, checkpoint_path, ids_path, data_root])
-    out_path = check_writable(out_path, overwrite=overwrite)
-    ids = read_ids(ids_path)
-    if not ids:
+    check_not_input([out_path, manifest_path(out_path), partial_path(out_path), scores_out_path],
+                    [config_path, checkpoint_path, ids_path, data_root, calibration_path])
+    from alseg import fused
+    from alseg.files.hdf5 import parse_logits_storage
+
+    storage, _ = parse_logits_storage(logits)
+    logits = logits.strip()
+    score_names = list(dict.fromkeys(scores))
+    for name in score_names:
+        if name not in fused.FUSED_SCORES:
+            raise InputError(f"--scores: unknown {name!r}; choose from: {', '.join(fused.FUSED_SCORES)}")
+    all_ids = read_ids(ids_path)
+    if not all_ids:
         raise InputError(f"{ids_path}: the id list is empty")
+    ids = all_ids if shard is None else all_ids[shard_rows(len(all_ids), batch_size, shard)]
+    # a shard a killed job finished is kept by --resume (after its fingerprint is compared, below)
+    keep = shard is not None and resume and Path(out_path).is_file() and not partial_path(out_path).is_dir()
+    if not keep:
+        out_path = check_writable(out_path, overwrite=overwrite)
+        if scores_out_path is not None:
+            scores_out_path = check_writable(scores_out_path, overwrite=overwrite)
 
     from alseg import dataset as D
     from alseg import mm
     from alseg.device import resolve_device
-    from alseg.files.hdf5 import PoolWriter, check_pool_resume, sha256_file
+    from alseg.files.hdf5 import PoolWriter, check_pool_resume, pool_digest, sha256_file, write_scores
 
     names = mm.check_embedding_names(embeddings)
     torch_device = resolve_device(device)
     cfg = mm.load_config(config_path, data_root=data_root, cfg_options=cfg_options)
-    index = D.resolve(cfg, ids, str(ids_path), split)
-    index.check_files(ids, masks=with_labels, source=str(ids_path))
+    index = D.resolve(cfg, all_ids, str(ids_path), split)
+    index.check_files(ids if all_ids[0] in ids else [all_ids[0], *ids], masks=with_labels, source=str(ids_path))
     class_names = index.class_names or mm.class_names(cfg)
     ignore = index.ignore_index
+    parse_logits_storage(logits, len(class_names))
+    calibration = None
+    if "crc" in score_names:
+        if calibration_path is None:
+            raise InputError("--scores crc needs a calibration: crc:crc.json (from `alseg calibrate`)")
+        from alseg.files.calibration import check_matches_pool, read_calibration
+
+        calibration = read_calibration(calibration_path)
+        check_matches_pool(calibration, calibration_path, list(class_names), config_path)
     ckpt_sha = sha256_file(checkpoint_path) if Path(checkpoint_path).is_file() else None
     # What a resumed run must share with the interrupted one, or it would mix two models' rows.
     fingerprint = dict(
         model_config_sha256=mm.model_config_sha256(cfg),
         test_pipeline_sha256=_sha256_json(D.test_pipeline(cfg, with_labels=with_labels)),
         checkpoint_sha256=ckpt_sha or str(checkpoint_path),
-        ids_sha256=_sha256_json(ids),
+        ids_sha256=_sha256_json(all_ids),
         split=index.split, data_root=str(index.data_root), resolution=resolution, embeddings=list(names),
         batch_size=batch_size,  # the same batches as an uninterrupted run, hence the same numbers
     )
+    if shard is not None:  # new keys only where used: older partial folders still resume
+        fingerprint["shard"] = list(shard)
+    if score_names:
+        fingerprint["scores"] = dict(names=score_names, aggregation=aggregation, q=float(q),
+                                     calibration_sha256=None if calibration is None else sha256_file(calibration_path))
+    if keep:
+        return _finished_shard(out_path, scores_out_path, fingerprint, overwrite=overwrite)
     check_pool_resume(out_path, overwrite=overwrite, resume=resume, fingerprint=fingerprint)  # before the model
     model = mm.build_model(cfg, checkpoint_path, torch_device)
     n_classes = int(model.decode_head.out_channels)
@@ -203,9 +448,11 @@ def infer(
         data_root=index.data_root,
         split=index.split,
     )
+    if shard is not None:
+        attrs.update(shard=f"{shard[0]}/{shard[1]}", fingerprint=json.dumps(fingerprint, sort_keys=True, default=str))
 
     def run(batch: dict):
-        """Per image logits/labels and per batch embeddings, forwarding one input size at a time."""
+        """Per image logits (device tensors)/labels and per batch embeddings, one input size at a time."""
         logits, labels, embs = [None] * len(batch["inputs"]), [None] * len(batch["inputs"]), {}
         for group in _same_size_groups(batch):
             sub = {key: [batch[key][i] for i in group] for key in ("inputs", "data_samples")}
@@ -220,8 +467,9 @@ def infer(
         return logits, (labels if with_labels else None), embs
 
     with torch.inference_mode(), mm.FeatureTaps(model) as taps:
-        # One image tells the embedding sizes.
-        probe = next(iter(D.test_loader(cfg, index, ids[:1], with_labels=with_labels, batch_size=1)))
+        # One image tells the embedding sizes and the chunk tile: the id list's first, in every shard, so
+        # that all shards share one layout (merge then copies stored chunks as they are)
+        probe = next(iter(D.test_loader(cfg, index, all_ids[:1], with_labels=with_labels, batch_size=1)))
         if names:
             model.decode_head.forward(model.extract_feat(model.data_preprocessor(probe, False)["inputs"]))
             taps.choose_bottleneck()
@@ -232,11 +480,20 @@ def infer(
         first, _, _ = run(probe)
         shape = tuple(int(s) for s in first[0].shape[-2:])
         del first, probe
+        scorer = None
+        if score_names:
+            scorer = fused.FusedScorer(
+                score_names, n_classes=n_classes, shape=shape, aggregation=aggregation, q=q,
+                thresholds=None if calibration is None else np.asarray(calibration["query_thresholds"], np.float64),
+                crc_params=None if calibration is None else {
+                    "calibration": str(calibration_path), "alpha": calibration["alpha"],
+                    "t_min": float(calibration["t_min"]), "calibration_sha256": sha256_file(calibration_path)},
+            )
 
         writer = PoolWriter(
             out_path, class_names=class_names, logits_shape=shape, ignore_index=ignore, with_labels=with_labels,
             embedding_dims=dims, embedding_attrs=emb_attrs, attrs=attrs, overwrite=overwrite, resume=resume,
-            fingerprint=fingerprint,
+            fingerprint=fingerprint, logits_storage=logits, extras=scorer.extras if scorer else None,
         )
         with writer:
             n_resumed = len(writer.written_ids)
@@ -253,11 +510,15 @@ def infer(
                 b = len(batch["inputs"])
                 batch_ids = todo[pos : pos + b]
                 pos += b
-                logits, labels, embs = run(batch)
-                if len({lg.shape for lg in logits}) == 1:  # one size: the plain (b,K,h,w) path
-                    logits = np.stack(logits)
+                batch_logits, labels, embs = run(batch)
+                extras = scorer(batch_ids, batch_logits) if scorer else None
+                stored, classes, sizes = _stored(batch_logits, storage, writer.topk)
+                if stored is not None and len({x.shape for x in stored}) == 1:  # one size: the (b,K,h,w) path
+                    stored = np.stack(stored)
+                    classes = None if classes is None else np.stack(classes)
                     labels = None if labels is None else np.stack(labels)
-                writer.append(batch_ids, logits, labels=labels, embeddings=embs)
+                writer.append(batch_ids, stored, labels=labels, embeddings=embs, topk_classes=classes,
+                              sizes=sizes, extras=extras)
                 progress(b, None)
             # Rows follow the id list, resumed or not: finished batches are a prefix of it.
             writer.close(commit=True, keep_partial=True)
@@ -274,21 +535,88 @@ def infer(
         resolution=resolution,
         n_resumed=n_resumed,
         device=str(torch_device),
+        logits=logits,
+        shard=None if shard is None else f"{shard[0]}/{shard[1]}",
+        scores_path=scores_out_path,
+        scores=score_names,
     )
-    with removed_on_failure(out_path):  # the partial folder stays: --resume assembles the file again
-        write_manifest(
-            out_path,
-            stage="infer",
-            args=dict(
-                config_path=str(config_path), checkpoint_path=str(checkpoint_path), ids_path=str(ids_path),
-                out_path=str(out_path), data_root=None if data_root is None else str(data_root),
-                device=str(torch_device), batch_size=batch_size, with_labels=with_labels, embeddings=names,
-                resolution=resolution, resume=resume, split=index.split, cfg_options=dict(cfg_options or {}),
-            ),
-            inputs=[mm.find_config(config_path), checkpoint_path, ids_path],
-            outputs=[out_path],
-            seconds=seconds,
-            result=result,
+    with removed_on_failure(out_path, *([scores_out_path] if scores_out_path else [])):
+        # the partial folder stays until here: --resume assembles the files again
+        if scorer is not None:
+            values, embs, params = scorer.scores_file({name: writer.extra(name) for name in scorer.extras})
+            score_attrs: dict[str, Any] = {"pool_path": str(out_path), "pool_sha256": pool_digest(out_path)}
+            if shard is not None:
+                score_attrs["shard"] = f"{shard[0]}/{shard[1]}"
+            write_scores(scores_out_path, ids, scores=values, embeddings=embs, params=params, attrs=score_attrs,
+                         overwrite=overwrite)
+        args = dict(
+            config_path=str(config_path), checkpoint_path=str(checkpoint_path), ids_path=str(ids_path),
+            out_path=str(out_path), data_root=None if data_root is None else str(data_root),
+            device=str(torch_device), batch_size=batch_size, with_labels=with_labels, embeddings=names,
+            resolution=resolution, resume=resume, split=index.split, cfg_options=dict(cfg_options or {}),
         )
+        if shard is not None or logits != "native" or score_names:  # new keys only where used
+            args.update(shard=None if shard is None else list(shard), logits=logits, scores=score_names,
+                        scores_out_path=None if scores_out_path is None else str(scores_out_path),
+                        calibration_path=None if calibration_path is None else str(calibration_path),
+                        aggregation=aggregation, q=q)
+        for path in [out_path, scores_out_path] if scorer is not None else [out_path]:
+            write_manifest(
+                path,
+                stage="infer",
+                args=args,
+                inputs=[mm.find_config(config_path), checkpoint_path, ids_path, calibration_path],
+                outputs=[out_path, scores_out_path],
+                seconds=seconds,
+                result=result,
+            )
     writer.discard_partial()
     return result
+
+
+def _stored(batch_logits, storage: str, topk: int):
+    """What the pool file keeps of per-image device logits: (arrays or None, top-k classes or None, sizes
+    or None), copied to the host."""
+    import numpy as np
+
+    if storage == "native":
+        return [x.cpu().numpy() for x in batch_logits], None, None
+    if storage == "none":
+        return None, None, np.array([x.shape[-2:] for x in batch_logits], dtype=np.int64).reshape(-1, 2)
+    from alseg import fused
+
+    probs, classes = [], []
+    for x in batch_logits:  # one image at a time: images of a batch may differ in size
+        p, c = fused.topk_probs(fused.softmax(x.half().float()[None]), topk)
+        probs.append(p[0].cpu().numpy())
+        classes.append(c[0].cpu().numpy())
+    return probs, classes, None
+
+
+def _finished_shard(out_path, scores_out_path, fingerprint: Mapping[str, Any], *, overwrite: bool) -> InferResult:
+    """The result of a shard that a killed job finished, kept by ``--resume`` when it was written with
+    this run's inputs and options (its ``fingerprint`` attribute); otherwise the usual "output exists"."""
+    from alseg.files.hdf5 import pool_fingerprint
+    from alseg.files.manifest import manifest_path as _mp
+
+    out_path = Path(out_path)
+    old = pool_fingerprint(out_path)
+    new = json.loads(json.dumps(dict(fingerprint), sort_keys=True, default=str))
+    m = _mp(out_path)
+    whole = m.is_file() and (scores_out_path is None or Path(scores_out_path).is_file())
+    if old != new or not whole:
+        if overwrite:
+            raise InputError(f"{out_path}: --resume keeps finished shards and --overwrite replaces them; pass one")
+        differs = next((k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)), None)
+        why = f"its {differs} differs from this run's" if differs else "its manifest or scores file is missing"
+        raise InputError(f"{out_path}: a finished shard that --resume cannot keep ({why}); pass --overwrite "
+                         "to redo it")
+    try:
+        result = json.loads(m.read_text(encoding="utf-8"))["result"]
+    except (OSError, ValueError, KeyError):
+        raise InputError(f"{m}: unreadable manifest of a finished shard; pass --overwrite to redo it") from None
+    fields = {k: v for k, v in result.items() if k in InferResult.__dataclass_fields__}
+    fields.update(out_path=out_path, logits_shape=tuple(fields.get("logits_shape", ())),
+                  n_resumed=int(fields.get("n_images", 0)),
+                  scores_path=None if scores_out_path is None else Path(scores_out_path))
+    return InferResult(**fields)
