@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
+
+from alseg.dataset import SPLITS
 
 from alseg.commands._console import err, out, print_json
 from alseg.commands._errors import cli_errors
@@ -15,7 +17,7 @@ from alseg.commands._options import CfgOptions, Config, DataRoot, Json, Overwrit
 @cli_errors
 def main(
     config: Config,
-    split: Annotated[str, typer.Option("--split", help="Which dataloader's dataset: train, val or test.")] = "train",
+    split: Annotated[Literal[SPLITS], typer.Option("--split", help="Which dataloader's dataset: train, val or test.")] = "train",
     data_root: DataRoot = None,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the ids to this id list (default: print them).")] = None,
     cfg_options: CfgOptions = None,
@@ -36,8 +38,6 @@ def main(
     from alseg.mm import parse_cfg_options
     from alseg.stages.ids import list_ids
 
-    if split not in ("train", "val", "test"):
-        raise typer.BadParameter(f"{split!r} is not one of: train, val, test", param_hint="--split")
     result = list_ids(config, split=split, data_root=data_root, out_path=out_file, overwrite=overwrite,
                       cfg_options=parse_cfg_options(cfg_options or []))
     extra = f", {result.duplicates} duplicate(s) skipped" if result.duplicates else ""

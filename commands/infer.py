@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
+from alseg.dataset import SPLITS
+from alseg.stages.infer import RESOLUTIONS
+
 from alseg.commands._console import err, print_json, progress_bar
+from alseg.commands._console import out as stdout
 from alseg.commands._errors import cli_errors
 from alseg.commands._options import SPLIT_HELP, CfgOptions, Config, DataRoot, Device, Json, Overwrite, Quiet
 
@@ -16,18 +20,18 @@ from alseg.commands._options import SPLIT_HELP, CfgOptions, Config, DataRoot, De
 @cli_errors
 def main(
     config: Config,
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Model weights (WORK_DIR/checkpoint.pth from alseg train).")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Model weights (OUT/checkpoint.pth from alseg train).")],
     ids: Annotated[Path, typer.Option("--ids", help="Id list of the images to run (one id per line).")],
     out: Annotated[Path, typer.Option("--out", help="Pool file to write (HDF5, alseg.pool).")],
     data_root: DataRoot = None,
-    split: Annotated[str, typer.Option("--split", help=SPLIT_HELP)] = "auto",
+    split: Annotated[Literal[("auto", *SPLITS)], typer.Option("--split", help=SPLIT_HELP)] = "auto",
     with_labels: Annotated[bool, typer.Option("--with-labels", help=(
         "Also store the masks on the logits' grid: each logit cell takes the label at its centre (255 = ignore)."))] = False,
     embeddings: Annotated[
         str, typer.Option("--embeddings", help="Comma-separated embeddings to store: bottleneck, penultimate, badge (default: none).")
     ] = "",
     resolution: Annotated[
-        str, typer.Option("--resolution", help="native: logits at the decode head's output size; full: upsampled to the input size.")
+        Literal[RESOLUTIONS], typer.Option("--resolution", help="native: logits at the decode head's output size; full: upsampled to the input size.")
     ] = "native",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
     device: Device = "auto",
@@ -68,12 +72,8 @@ def main(
     from alseg.files.manifest import to_jsonable
     from alseg.stages.infer import infer
 
-    if resolution not in ("native", "full"):
-        raise typer.BadParameter(f"{resolution!r} is not one of: native, full", param_hint="--resolution")
     from alseg.mm import parse_cfg_options
 
-    if split not in ("auto", "train", "val", "test"):
-        raise typer.BadParameter(f"{split!r} is not one of: auto, train, val, test", param_hint="--split")
     options = parse_cfg_options(cfg_options or [])
     names = [e.strip() for e in embeddings.split(",") if e.strip()]
     from alseg.fused import parse_scores
@@ -103,7 +103,9 @@ def main(
     for name, dim in result.embeddings.items():
         table.add_row(f"embeddings/{name}", f"{result.n_images} x {dim}")
     err.print(table)
-    err.print(f"wrote {result.out_path}" + (f" and {result.scores_path}" if result.scores_path else ""),
-              markup=False, highlight=False)
     if json:
         print_json(to_jsonable(result))
+    else:
+        stdout.print(result.out_path, markup=False, highlight=False)
+        if result.scores_path:
+            stdout.print(result.scores_path, markup=False, highlight=False)

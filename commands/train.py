@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
-from alseg.commands._console import err, print_json, progress_bar
+from alseg.stages.train import LAUNCHERS
+
+from alseg.commands._console import err, out, print_json, progress_bar
 from alseg.commands._errors import cli_errors
 from alseg.commands._options import CfgOptions, Config, DataRoot, Device, Json, Labeled, Overwrite, Quiet, Seed
 
@@ -24,7 +26,7 @@ def main(
     max_iters: Annotated[Optional[int], typer.Option("--max-iters", help="Training iterations (default: the config's).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per training batch, per process under torchrun (default: the config's).")] = None,
     cfg_options: CfgOptions = None,
-    launcher: Annotated[str, typer.Option("--launcher", help="How the processes were started: auto (pytorch when "
+    launcher: Annotated[Literal[LAUNCHERS], typer.Option("--launcher", help="How the processes were started: auto (pytorch when "
                                           "torchrun's RANK/WORLD_SIZE/LOCAL_RANK are set, else none), none (one "
                                           "process), pytorch (torchrun) or slurm (srun, CUDA).")] = "auto",
     overwrite: Overwrite = False,
@@ -35,8 +37,8 @@ def main(
 
     Reads: CONFIG, the --labeled id list (ids of the config's train split; `alseg ids CONFIG` lists them),
     images and masks under --data-root, the config's val split.
-    Writes: WORK_DIR/checkpoint.pth (weights, read with torch.load(weights_only=True)) and checkpoint.json,
-    WORK_DIR/metrics.json (mIoU in percent), WORK_DIR/manifest.json.
+    Writes: OUT/checkpoint.pth (weights, read with torch.load(weights_only=True)) and checkpoint.json,
+    OUT/metrics.json (mIoU in percent), OUT/manifest.json.
 
     On N processes: torchrun --nproc-per-node N -m alseg.commands train ... (DDP; --batch-size is per
     process; rank 0 writes the outputs and prints the result).
@@ -45,10 +47,8 @@ def main(
     """
     from alseg.files.manifest import to_jsonable
     from alseg.mm import parse_cfg_options
-    from alseg.stages.train import LAUNCHERS, detect_launch, train
+    from alseg.stages.train import detect_launch, train
 
-    if launcher not in LAUNCHERS:
-        raise typer.BadParameter(f"{launcher!r} is not one of: {', '.join(LAUNCHERS)}", param_hint="--launcher")
     options = parse_cfg_options(cfg_options or [])
     is_main = detect_launch(launcher).is_main  # ranks other than 0 show no bar and print nothing
     with progress_bar("train", quiet=quiet or not is_main) as progress:
@@ -69,6 +69,7 @@ def main(
     table.add_row("mIoU (final)", f"{result.final_miou:.1f}")
     table.add_row("mIoU (best)", f"{result.best_miou:.1f}")
     err.print(table)
-    err.print(f"checkpoint: {result.checkpoint_path}", markup=False, highlight=False)
     if json:
         print_json(to_jsonable(result))
+    else:
+        out.print(result.checkpoint_path, markup=False, highlight=False)
