@@ -97,12 +97,13 @@ def score(pool: PathLike, *, strategy: str | Iterable[str], out: PathLike, calib
 
 def calibrate(pool: PathLike, *, out: PathLike, alpha: float = 0.05, bins: int = 1000, t_min: float = 0.001,
               train_ids: PathLike | None = None, evaluate: PathLike | None = None, batch_size: int = 16,
-              overwrite: bool = False, progress: Progress = None):
+              device: str = "cpu", overwrite: bool = False, progress: Progress = None):
     """``alseg calibrate``: CRC-AL class-wise thresholds from a labeled calibration pool into ``out``."""
     from alseg.stages.calibrate import calibrate as _calibrate
 
     return _calibrate(pool, out_path=out, alpha=alpha, bins=bins, t_min=t_min, train_ids_path=train_ids,
-                      evaluate_path=evaluate, batch_size=batch_size, overwrite=overwrite, progress=_progress(progress))
+                      evaluate_path=evaluate, batch_size=batch_size, device=device, overwrite=overwrite,
+                      progress=_progress(progress))
 
 
 def select(*, strategy: str, budget: int, labeled: PathLike, out: PathLike, pool: PathLike | None = None,

@@ -29,6 +29,9 @@ def main(
     evaluate: Annotated[Optional[Path], typer.Option(
         help="A labeled held-out pool file: report per-class FNR, coverage and set sizes at the thresholds.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images read at a time.")] = 16,
+    device: Annotated[str, typer.Option(help=(
+        "Where the softmax runs: cpu (default, NumPy) or auto, cuda, cuda:N, mps (torch); the histograms are "
+        "exact on the CPU either way."))] = "cpu",
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     json: Json = False,
@@ -47,7 +50,8 @@ def main(
 
     with progress_bar("calibrate", quiet=quiet) as bar:
         result = calibrate(pool, out_path=out_path, alpha=alpha, bins=bins, t_min=t_min, train_ids_path=train_ids,
-                           evaluate_path=evaluate, batch_size=batch_size, overwrite=overwrite, progress=bar)
+                           evaluate_path=evaluate, batch_size=batch_size, device=device, overwrite=overwrite,
+                           progress=bar)
     for message in result.warnings:
         warn(message)
     if json:

@@ -82,3 +82,22 @@ def test_calibrate_needs_labels(tmp_path):
     r = runner.invoke(app, ["calibrate", str(tmp_path / "p.h5"), "--out", str(tmp_path / "c.json")])
     assert r.exit_code == 1 and "missing dataset(s) /labels" in r.stderr
     assert not (tmp_path / "c.json").exists()
+
+
+def test_torch_softmax_path_gives_the_same_thresholds(tmp_path):
+    """--device other than cpu runs the softmax in torch; the exact histograms then give the same t̂ as
+    the NumPy path (checked here with torch on the CPU)."""
+    import torch
+
+    from alseg import crc as C
+    from alseg.stages.calibrate import _stream
+
+    pool_path = make_pool(tmp_path / "cal.h5", [f"img_{i:03d}" for i in range(40)], with_labels=True)
+    results = []
+    for device in (None, torch.device("cpu")):
+        with PoolReader(pool_path) as pool:
+            acc = C.CalibrationAccumulator(pool.n_classes, bins=1000, ignore_index=pool.ignore_index)
+            _stream(pool, acc, 7, lambda *a, **k: None, device)
+            results.append(acc.result(0.1))
+    np.testing.assert_array_equal(results[0].thresholds, results[1].thresholds)
+    np.testing.assert_array_equal(results[0].n_images, results[1].n_images)

@@ -53,14 +53,22 @@ def _training_ids(pool: PoolReader, train_ids_path: str | Path | None) -> tuple[
         return [], None
 
 
-def _stream(pool: PoolReader, accumulator, batch_size: int, progress) -> None:
+def _stream(pool: PoolReader, accumulator, batch_size: int, progress, device=None) -> None:
+    """Feed every labeled batch of ``pool`` to ``accumulator``. The softmax runs in NumPy (``device`` None)
+    or in torch on ``device``; the accumulators' histograms are exact either way."""
     from alseg.strategies import softmax
 
     # Batches come cropped to each image's valid (h, w), one run of equal sizes at a time; the
     # accumulators sum per image, so padding never enters R̂_k or the held-out evaluation.
     for ids, logits, labels in pool.iter_batches(batch_size, with_labels=True):
         try:
-            accumulator.update(softmax(logits, axis=1), labels)
+            if device is None:
+                probs = softmax(logits, axis=1)
+            else:
+                import torch
+
+                probs = torch.softmax(torch.from_numpy(logits).to(device, torch.float32), dim=1).cpu().numpy()
+            accumulator.update(probs, labels)
         except InputError as exc:  # bad labels or logits: name the file and the batch
             raise InputError(f"{pool.path}: {exc} (in the batch starting at id {ids[0]!r})") from None
         progress(len(ids))
@@ -77,6 +85,7 @@ def calibrate(
     train_ids_path: str | Path | None = None,
     evaluate_path: str | Path | None = None,
     batch_size: int = 16,
+    device: str = "cpu",
     overwrite: bool = False,
     progress: Callable[..., None] = _noop,
 ) -> CalibrateResult:
@@ -92,6 +101,10 @@ def calibrate(
         raise InputError(f"--bins must be >= 1, got {bins}")
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    from alseg.device import resolve_device
+
+    torch_device = resolve_device(device)
+    torch_device = None if torch_device.type == "cpu" else torch_device  # the CPU keeps the NumPy path
     check_not_input([out_path, manifest_path(out_path)], [pool_path, evaluate_path, train_ids_path])
     out_path = check_writable(out_path, overwrite=overwrite)
     warnings: list[str] = []
@@ -106,7 +119,7 @@ def calibrate(
             )
         acc = C.CalibrationAccumulator(pool.n_classes, bins=bins, ignore_index=pool.ignore_index)
         progress(0, total=len(pool) + (0 if evaluate_path is None else 0))
-        _stream(pool, acc, batch_size, progress)
+        _stream(pool, acc, batch_size, progress, torch_device)
         cal = acc.result(alpha)
         n_cal = len(pool)
     # Only uncalibrated classes are floored at t_min; a calibrated class keeps t̂ even at 0 (docs §9.1).
@@ -135,7 +148,7 @@ def calibrate(
             ev = C.EvaluationAccumulator(cal.thresholds, uncalibrated=cal.uncalibrated, t_min=t_min,
                                          ignore_index=held_out.ignore_index, n_classes=held_out.n_classes)
             progress(0, total=n_cal + len(held_out))
-            _stream(held_out, ev, batch_size, progress)
+            _stream(held_out, ev, batch_size, progress, torch_device)
             evaluation = {**ev.result(), "pool_path": str(evaluate_path)}
     doc = {
         **cal.to_dict(),
@@ -159,7 +172,7 @@ def calibrate(
         write_manifest(
             out_path, stage="calibrate",
             args={"pool_path": pool_path, "alpha": alpha, "bins": bins, "t_min": t_min,
-                  "train_ids_path": train_ids_path, "evaluate_path": evaluate_path},
+                  "train_ids_path": train_ids_path, "evaluate_path": evaluate_path, "device": device},
             inputs=[pool_path, evaluate_path], outputs=[out_path], seconds=result.seconds, result=result,
         )
     return result
