@@ -447,7 +447,20 @@ def crc_image_scores(
 # ---------------------------------------------------------------------------------------- selection
 
 
+def _check_finite_rows(arr: np.ndarray, name: str) -> None:
+    """Raise NonFiniteError if ``arr`` holds NaN or inf; blocks of rows keep the boolean temporary small."""
+    if arr.size == 0:
+        return
+    rows = arr.reshape(arr.shape[0], -1)
+    block = max(1, (1 << 24) // rows.shape[1])
+    for start in range(0, rows.shape[0], block):
+        if not np.isfinite(rows[start : start + block]).all():
+            raise NonFiniteError(f"{name} holds NaN or inf; rescore")
+
+
 def _prepare_selection(u_unlabeled, v_unlabeled, ids_unlabeled, u_reference, v_reference, budget):
+    """Checked inputs; candidate rows stay in input order (no copy of the embeddings), with ``order``, the
+    canonical (id-sorted) order that breaks ties, so the result never depends on row order."""
     u_c = np.asarray(_as_numpy(u_unlabeled), dtype=np.float64).reshape(-1)
     v_c = np.asarray(_as_numpy(v_unlabeled))
     ids = np.asarray(ids_unlabeled)
@@ -458,7 +471,9 @@ def _prepare_selection(u_unlabeled, v_unlabeled, ids_unlabeled, u_reference, v_r
         raise InputError(
             f"candidates: u {u_c.shape}, v {v_c.shape}, ids {ids.shape} must be (N,), (N, E), (N,)"
         )
-    if np.unique(ids).shape[0] != n:
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    if (sorted_ids[1:] == sorted_ids[:-1]).any():
         raise InputError("candidate ids are not unique; ids are the join key")
     e = v_c.shape[1]
     if u_reference is None or v_reference is None:
@@ -471,52 +486,62 @@ def _prepare_selection(u_unlabeled, v_unlabeled, ids_unlabeled, u_reference, v_r
         if v_r.ndim != 2 or v_r.shape != (u_r.shape[0], e):
             raise InputError(f"references: u {u_r.shape}, v {v_r.shape} must be (M,), (M, {e})")
     for name, arr in (("u_unlabeled", u_c), ("v_unlabeled", v_c), ("u_reference", u_r), ("v_reference", v_r)):
-        if not np.isfinite(arr).all():
-            raise NonFiniteError(f"{name} holds NaN or inf; rescore")
+        _check_finite_rows(arr, name)
     if (u_c < 0).any() or (u_r < 0).any():
         raise InputError("image scores u must be >= 0 for the barycenter distance")
     if int(budget) < 0:
         raise InputError(f"budget must be >= 0, got {budget}")
-    order = np.argsort(ids, kind="stable")  # canonical order: result never depends on row order
-    return u_c[order], v_c[order], ids[order], u_r, v_r, int(budget)
+    return u_c, v_c, ids, order, u_r, v_r, int(budget)
 
 
 class _BarycenterRows:
-    """D'_ij for one or a block of references i against all candidates j, in candidate chunks.
+    """D'_ij from one reference i to every candidate j, float32 on the device: one pass over the
+    candidate embeddings per reference, memory O(N) beside them.
 
-    Every element is computed the same way whatever the chunking (direct difference, float64 sum of
-    squares over the embedding axis), so selections do not depend on ``chunk_size``.
+    d_ij comes from :func:`alseg.selectors.distance_rows` (direct difference, blocked; no
+    ||a||² + ||b||² - 2ab expansion, so no cancellation and d = 0 for identical rows), so an element's
+    value does not depend on ``chunk_size`` or on the slabs of the pass. The embeddings are used in
+    place when they already are contiguous float32 on the CPU (no copy); otherwise one float32 copy is
+    made on the device.
     """
 
     def __init__(self, u_c, v_c, tau, device, chunk_size):
         import torch
 
+        from alseg.selectors import _device
+
         self.torch = torch
-        self.device = torch.device(device)
-        self.u_c = torch.as_tensor(u_c, dtype=torch.float64, device=self.device)
-        # float64 copy of the candidate embeddings (N·E·8 bytes): converting per chunk and per pick would
-        # cost more time than the distances themselves.
-        self.v_c = torch.as_tensor(np.ascontiguousarray(v_c, dtype=np.float64), device=self.device)
+        self.device = _device(device)
+        self.u_c = torch.as_tensor(np.asarray(u_c, dtype=np.float32), device=self.device)
+        self.v_c = torch.from_numpy(np.ascontiguousarray(v_c, dtype=np.float32)).to(self.device)
         self.tau = float(tau)
         self.chunk = max(1, int(chunk_size))
         self.n = self.u_c.shape[0]
+        self._d = torch.empty(self.n, dtype=torch.float32, device=self.device)
+        self._w = torch.empty(self.n, dtype=torch.float32, device=self.device)
+
+    def rows(self, u_i: float, v_i, start: int, stop: int) -> Any:
+        """D'_ij for candidates j in start..stop-1, (stop - start,) float32, in a buffer that the next
+        call over these rows reuses. ``v_i`` (E,) float32 on the device."""
+        from alseg.selectors import distance_rows
+
+        torch = self.torch
+        d = distance_rows(self.v_c, v_i, self._d, start, stop, chunk_size=self.chunk)
+        # torch.pow(0, 0) = 1, so τ = 1 with u_j = 0 and τ = 0 give no NaN.
+        d.add_(BARYCENTER_EPS).pow_(self.tau)
+        u = self.u_c[start:stop]
+        w = torch.add(u, float(u_i) + BARYCENTER_EPS, out=self._w[start:stop])
+        torch.div(u, w, out=w).pow_(1.0 - self.tau)
+        return d.mul_(w)
 
     def block(self, u_r, v_r) -> Any:
-        """D' (m, N) float64 for m references (m small): u_r (m,), v_r (m, E)."""
+        """D' (m, N) float32 for m references: u_r (m,), v_r (m, E) (one :meth:`rows` pass each)."""
         torch = self.torch
-        u_r = torch.as_tensor(np.asarray(u_r, dtype=np.float64), device=self.device)
-        v_r = torch.as_tensor(np.ascontiguousarray(v_r), device=self.device).to(torch.float64)
-        m = u_r.shape[0]
-        out = torch.empty((m, self.n), dtype=torch.float64, device=self.device)
-        step = max(1, self.chunk // max(m, 1))
-        for s in range(0, self.n, step):
-            # Direct per-pair distances (no ||a||² + ||b||² - 2ab expansion): each element is computed
-            # the same way whatever the block shape, and without cancellation.
-            d = torch.cdist(v_r, self.v_c[s : s + step], compute_mode="donot_use_mm_for_euclid_dist")
-            uc = self.u_c[s : s + step]
-            omega = uc[None, :] / (u_r[:, None] + uc[None, :] + BARYCENTER_EPS)
-            # torch.pow(0, 0) = 1, so τ = 1 with u_j = 0 and τ = 0 give no NaN.
-            out[:, s : s + step] = torch.pow(d + BARYCENTER_EPS, self.tau) * torch.pow(omega, 1.0 - self.tau)
+        v_r = torch.from_numpy(np.ascontiguousarray(_as_numpy(v_r), dtype=np.float32)).to(self.device)
+        u_r = np.asarray(u_r, dtype=np.float64).reshape(-1)
+        out = torch.empty((u_r.shape[0], self.n), dtype=torch.float32, device=self.device)
+        for i in range(u_r.shape[0]):
+            out[i] = self.rows(float(u_r[i]), v_r[i], 0, self.n)
         return out
 
 
@@ -524,7 +549,9 @@ def _greedy(u_unlabeled, v_unlabeled, ids_unlabeled, u_reference, v_reference, b
             chunk_size, use_mean):
     import torch
 
-    u_c, v_c, ids, u_r, v_r, budget = _prepare_selection(
+    from alseg.selectors import _first_max, _rank_index, merge_best, row_slabs, slab_best
+
+    u_c, v_c, ids, order, u_r, v_r, budget = _prepare_selection(
         u_unlabeled, v_unlabeled, ids_unlabeled, u_reference, v_reference, budget
     )
     tau = float(tau)
@@ -532,43 +559,51 @@ def _greedy(u_unlabeled, v_unlabeled, ids_unlabeled, u_reference, v_reference, b
         raise InputError(f"tau must lie in [0, 1], got {tau}")
     n = u_c.shape[0]
     budget = min(budget, n)
-    rows = _BarycenterRows(u_c, v_c, tau, device, chunk_size)
-    dev = rows.device
-    run_sum = torch.zeros(n, dtype=torch.float64, device=dev)
-    run_min = torch.full((n,), float("inf"), dtype=torch.float64, device=dev)
+    bary = _BarycenterRows(u_c, v_c, tau, device, chunk_size)
+    dev = bary.device
+    rank = _rank_index(order, dev)  # ties go to the smallest id
+    # Running sum (float64: up to M + budget terms; MPS has no float64) and running min per candidate; a
+    # picked row gets a min of -inf, so f = sum/|T| + min never picks it again.
+    acc = torch.float32 if dev.type == "mps" else torch.float64
+    run_sum = torch.zeros(n, dtype=acc, device=dev)
+    run_min = torch.full((n,), float("inf"), dtype=torch.float32, device=dev)
+    f = torch.empty(n, dtype=acc, device=dev)
     n_ref = 0
 
-    def absorb(block):
+    def absorb(u_i: float, v_i, want_best: bool) -> int | None:
+        """Add reference i to T: one pass, slab by slab, that also finds the next pick when asked."""
         nonlocal n_ref
-        # Row by row, in reference order: the running sum is the same float64 sequence for any chunking.
-        for r in range(block.shape[0]):
-            run_sum.add_(block[r])
-            torch.minimum(run_min, block[r], out=run_min)
-        n_ref += block.shape[0]
+        n_ref += 1
 
-    m = u_r.shape[0]
-    ref_step = max(1, int(chunk_size) // max(n, 1))
-    for s in range(0, m, ref_step):
-        absorb(rows.block(u_r[s : s + ref_step], v_r[s : s + ref_step]))
+        def slab(start: int, stop: int):
+            dp = bary.rows(u_i, v_i, start, stop)
+            run_sum[start:stop].add_(dp)
+            m = run_min[start:stop]
+            torch.minimum(m, dp, out=m)
+            if not want_best:
+                return None
+            if not use_mean:
+                return slab_best(m, start, rank)
+            g = torch.div(run_sum[start:stop], n_ref, out=f[start:stop])
+            return slab_best(g.add_(m), start, rank)
 
-    picked = torch.zeros(n, dtype=torch.bool, device=dev)
-    u_t = torch.as_tensor(u_c, dtype=torch.float64, device=dev)
-    order: list[int] = []
+        results = row_slabs(n, dev, slab)
+        return merge_best(results, rank) if want_best else None
+
+    # One reference at a time, in reference order: the running sum is the same sequence for any chunking.
+    v_r_t = torch.from_numpy(np.ascontiguousarray(v_r, dtype=np.float32)).to(dev)
+    j = None
+    for i in range(u_r.shape[0]):
+        j = absorb(float(u_r[i]), v_r_t[i], want_best=i == u_r.shape[0] - 1)
+    if j is None and budget:  # T is empty: the first pick is argmax u
+        j = _first_max(torch.as_tensor(u_c, dtype=acc, device=dev), rank)
+    picks: list[int] = []
     for step in range(budget):
-        if n_ref == 0:
-            f = u_t.clone()
-        elif use_mean:
-            f = run_sum / n_ref + run_min
-        else:
-            f = run_min.clone()
-        f[picked] = -float("inf")
-        # argmax returns the first maximum; candidates are sorted by id, so ties go to the smallest id.
-        j = int(torch.argmax(f).item())
-        order.append(j)
-        picked[j] = True
+        picks.append(j)
+        run_min[j] = -float("inf")
         if step + 1 < budget:
-            absorb(rows.block(u_c[j : j + 1], v_c[j : j + 1]))
-    return ids[np.asarray(order, dtype=np.int64)]
+            j = absorb(float(u_c[j]), bary.v_c[j], want_best=True)
+    return ids[np.asarray(picks, dtype=np.int64)]
 
 
 def top_diverse_k(
@@ -581,16 +616,17 @@ def top_diverse_k(
     *,
     tau: float = 0.5,
     device: str = "cpu",
-    chunk_size: int = 16384,
+    chunk_size: int = 65536,
 ) -> np.ndarray:
     """Top-Diverse-K selection on the barycenter distance (docs/algorithms.md §9.3). Returns ranked ids.
 
     u (N,)/(M,) image scores ≥ 0, v (N, E)/(M, E) embeddings vec(D) of candidates and references
     (labeled images; M may be 0). D'_ij = (||v_i - v_j|| + ε)^τ · (u_j / (u_i + u_j + ε))^(1-τ) from
     reference i to candidate j. T starts as the references; each pick maximises mean_{i∈T} D'_ij +
-    min_{i∈T} D'_ij (argmax u when T is empty) and joins T. Running sum/min per candidate: memory O(N),
-    each pick O(N·E). Candidates are sorted by id first; ties go to the smallest id. ``chunk_size``
-    bounds the (reference, candidate) pairs held at once and does not change the result.
+    min_{i∈T} D'_ij (argmax u when T is empty) and joins T. Running sum/min per candidate: memory O(N)
+    beside the embeddings (used in place when float32), each pick one float32 pass over them on
+    ``device`` (O(N·E)). Ties go to the smallest id, whatever the row order. ``chunk_size`` bounds the
+    rows of one distance kernel on a GPU (on CPU blocks are cache-sized) and does not change the result.
     """
     return _greedy(u_unlabeled, v_unlabeled, ids_unlabeled, u_reference, v_reference, budget, tau, device,
                    chunk_size, use_mean=True)
@@ -606,7 +642,7 @@ def barycenter_kcenter(
     *,
     tau: float = 0.5,
     device: str = "cpu",
-    chunk_size: int = 16384,
+    chunk_size: int = 65536,
 ) -> np.ndarray:
     """Greedy k-center on the barycenter distance D' (``--selector kcenter``): each pick maximises
     min_{i∈T} D'_ij (argmax u when T is empty). Same inputs, canonical order and ties as

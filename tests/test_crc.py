@@ -334,7 +334,7 @@ def test_barycenter_no_nan_at_extreme_tau_and_zero_u(tau):
     assert torch.isfinite(rows).all()
     full = barycenter_matrix(u, v, u, v, tau)
     assert np.isfinite(full).all()
-    np.testing.assert_allclose(rows.numpy(), full, rtol=1e-12)
+    np.testing.assert_allclose(rows.numpy(), full, rtol=1e-6)  # float32 on the device
     if tau == 1.0:  # 0^0 = 1: pure distance
         np.testing.assert_allclose(full[0, 1], BARYCENTER_EPS)
     sel = top_diverse_k(u, v, np.array([10, 11, 12]), u[:1], v[:1], 3, tau=tau)

@@ -1,7 +1,7 @@
 """Stage manifests: ``<output>.manifest.json`` beside each output (``train.manifest.json`` in a work dir).
 
-A manifest records the stage, alseg version, resolved arguments, seed, inputs (path, sha256), outputs,
-wall time and the stage's result dict. ``alseg run`` uses the input digests to decide whether a finished
+A manifest records the stage, alseg version, resolved arguments, seed, inputs (path, sha256; for a pool
+file its metadata digest, see :func:`file_digest`), outputs, wall time and the stage's result dict. ``alseg run`` uses the input digests to decide whether a finished
 stage can be reused.
 """
 
@@ -50,10 +50,12 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def file_digest(path: str | os.PathLike) -> str | None:
-    from alseg.files.hdf5 import sha256_file
+    """The recorded identity of a file: its sha256, or for a pool file the cheap content digest
+    (:func:`alseg.files.hdf5.pool_digest`, ``"h5meta-sha256:..."``) that does not read the logits."""
+    from alseg.files.hdf5 import content_digest
 
     path = Path(path)
-    return sha256_file(path) if path.is_file() else None
+    return content_digest(path) if path.is_file() else None
 
 
 def write_manifest(

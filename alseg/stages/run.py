@@ -27,9 +27,8 @@ from typing import Any, Callable
 from alseg.errors import AlsegError, InputError
 from alseg.experiment import Experiment, load_experiment, round_dir, seed_dir
 from alseg.files.atomic import write_text_atomic
-from alseg.files.hdf5 import sha256_file
 from alseg.files.idlist import read_ids, write_ids
-from alseg.files.manifest import to_jsonable
+from alseg.files.manifest import file_digest, to_jsonable
 from alseg.registry import SCALAR_SCORES, get_strategy
 
 
@@ -77,7 +76,8 @@ def _record_path(output: Path) -> Path:
 
 
 def _digests(inputs: list[Path | None]) -> dict[str, str | None]:
-    return {str(p): (sha256_file(p) if p.is_file() else None) for p in inputs if p is not None}
+    # file_digest: a pool file's metadata digest, so a 100 GB pool is not read again at every check
+    return {str(p): file_digest(p) for p in inputs if p is not None}
 
 
 class _Runner:
@@ -273,7 +273,7 @@ def torchrun_train_command(exp: Experiment, *, labeled: Path, work_dir: Path, se
     rendezvous takes a free port of its own, so concurrent launches never collide) running
     ``alseg train --launcher pytorch ... --overwrite --quiet --json``."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(exp.nproc),
-               "-m", "alseg.commands", "train", str(exp.config), "--labeled", str(labeled), "--work-dir",
+               "-m", "alseg.commands", "train", str(exp.config), "--labeled", str(labeled), "--out",
                str(work_dir), "--device", device, "--seed", str(seed), "--launcher", "pytorch"]
     for option, value in (("--data-root", exp.data_root), ("--val-ids", exp.val_ids), ("--max-iters", max_iters),
                           ("--batch-size", exp.batch_size)):

@@ -6,21 +6,104 @@ Writes: a scores file (``docs/hdf5.md``) and its manifest.
 
 from __future__ import annotations
 
+import collections
+import os
+import queue
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from alseg.stages import no_progress as _noop
 from alseg.errors import InputError, UnknownName
 from alseg.files.atomic import check_not_input, check_writable, holding_output_locks, removed_on_failure
-from alseg.files.hdf5 import PoolReader, sha256_file, write_scores
+from alseg.files.hdf5 import PoolReader, pool_digest, sha256_file, write_scores
 from alseg.files.manifest import manifest_path, write_manifest
 from alseg.registry import SCALAR_SCORES, SCORED, get_strategy
 
 Progress = Callable[..., None]
+# Compute threads of `score` when not given: numpy releases the GIL inside each large array operation,
+# so batches score in parallel while a reader thread decompresses the next ones.
+MAX_WORKERS = 4
+
+
+class _Failed:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_DONE = object()
+
+
+def _read_ahead(batches: Iterable[Any], depth: int) -> Iterator[Any]:
+    """The items of ``batches`` in order, produced by a background thread up to ``depth`` items ahead.
+
+    The thread does the HDF5 reads and decompression while the caller computes. An exception in the
+    thread is raised here; leaving early (close, exception) stops the thread and waits for it, so the
+    file can be closed right after.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in batches:
+                if not put(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(_Failed(exc))
+            return
+        put(_DONE)
+
+    thread = threading.Thread(target=run, name="alseg-score-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _computed_in_order(items: Iterable[tuple], compute: Callable[..., Any], workers: int) -> Iterator[tuple]:
+    """``(item, compute(*item))`` in the order of ``items``, computed on ``workers`` threads, at most
+    ``workers + 1`` items in flight."""
+    if workers <= 1:
+        for item in items:
+            yield item, compute(*item)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="alseg-score") as pool:
+        pending: collections.deque = collections.deque()
+        try:
+            for item in items:
+                pending.append((item, pool.submit(compute, *item)))
+                if len(pending) > workers:
+                    done, fut = pending.popleft()
+                    yield done, fut.result()
+            while pending:
+                done, fut = pending.popleft()
+                yield done, fut.result()
+        finally:
+            for _, fut in pending:
+                fut.cancel()
 
 
 
@@ -46,8 +129,14 @@ def score(
     batch_size: int = 16,
     overwrite: bool = False,
     progress: Progress = _noop,
+    workers: int | None = None,
 ) -> ScoreResult:
-    """Score every image of ``pool_path`` for each strategy in ``strategies``; write ``out_path``."""
+    """Score every image of ``pool_path`` for each strategy in ``strategies``; write ``out_path``.
+
+    A reader thread decompresses the next batches while ``workers`` threads (default: the CPU count, at
+    most 4) score the current ones; results are stored in file order, identical to a serial pass.
+    Memory: about ``2 * workers + 2`` batches of float32 logits in flight.
+    """
     from alseg import strategies as S
 
     t0 = time.perf_counter()
@@ -63,6 +152,9 @@ def score(
         raise UnknownName(f"--aggregation: unknown {aggregation!r}; choose one of: {', '.join(S.AGGREGATIONS)}")
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    n_workers = min(MAX_WORKERS, os.cpu_count() or 1) if workers is None else int(workers)
+    if n_workers < 1:
+        raise InputError(f"workers must be >= 1, got {workers}")
     if save_risk_maps < 0:
         raise InputError(f"--save-risk-maps must be >= 0 (how many maps to keep), got {save_risk_maps}")
     if not 0.0 < q <= 100.0:
@@ -109,33 +201,55 @@ def score(
             embeddings["crc"] = np.empty((n, k * k), dtype=np.float32)
             params["crc"] = {"calibration": str(calibration_path), "alpha": calibration["alpha"], "t_min": t_min,
                              "calibration_sha256": sha256_file(calibration_path)}
+        crc_thresholds = thresholds if calibration is not None else None
+        badge_params = badge if "badge" in names else None
+
+        def compute(ids: list[str], logits: np.ndarray, _labels: Any) -> dict[str, Any]:
+            # pure per-batch work (the same functions whatever the thread): results in, file order kept
+            S.check_finite(logits, ids, what=f"logits in {pool_path}")
+            probs = S.softmax(logits, axis=1)
+            out: dict[str, Any] = {}
+            for name in names:
+                if name in SCALAR_SCORES:
+                    out[name] = S.aggregate(S.PIXEL_SCORERS[name](probs), aggregation, q)
+            if "contextual-diversity" in names:
+                out["contextual-diversity"], out["contextual-diversity-present"] = S.contextual_diversity(logits)
+            if badge_params is not None:
+                out["badge-logit"] = S.badge_logit_rows(logits, badge_params)
+            if crc_thresholds is not None:
+                out["crc"] = C.crc_image_scores(probs, crc_thresholds, return_risk_maps=save_risk_maps > 0)
+            return out
+
         progress(0, total=n)
         row = 0
         # iter_batches crops to each image's valid size (a batch of mixed sizes comes as several runs)
-        for ids, logits, _ in pool.iter_batches(batch_size):
-            b = len(ids)
-            S.check_finite(logits, ids, what=f"logits in {pool_path}")
-            probs = S.softmax(logits, axis=1)
-            sl = slice(row, row + b)
-            for name in names:
-                if name in SCALAR_SCORES:
-                    scores[name][sl] = S.aggregate(S.PIXEL_SCORERS[name](probs), aggregation, q)
-            if "contextual-diversity" in names:
-                P, present = S.contextual_diversity(logits)
-                embeddings["contextual-diversity"][sl] = P
-                embeddings["contextual-diversity-present"][sl] = present
-            if "badge" in names:
-                embeddings["badge-logit"][sl] = S.badge_logit_rows(logits, badge)
-            if calibration is not None:
-                u, v, maps = C.crc_image_scores(probs, thresholds, return_risk_maps=save_risk_maps > 0)
-                scores["crc"][sl] = u
-                embeddings["crc"][sl] = v
-                if save_risk_maps > 0:
-                    # keep the N most uncertain maps seen so far (ties: smaller id first)
-                    kept += [(float(u[i]), image_id, maps[i].astype(np.float16)) for i, image_id in enumerate(ids)]
-                    kept = sorted(kept, key=lambda t: (-t[0], t[1]))[:save_risk_maps]
-            row += b
-            progress(b)
+        batches = _read_ahead(pool.iter_batches(batch_size), depth=n_workers + 1)
+        computed = _computed_in_order(batches, compute, n_workers)
+        try:
+            for (ids, _, _), res in computed:
+                b = len(ids)
+                sl = slice(row, row + b)
+                for name in names:
+                    if name in SCALAR_SCORES:
+                        scores[name][sl] = res[name]
+                if "contextual-diversity" in names:
+                    embeddings["contextual-diversity"][sl] = res["contextual-diversity"]
+                    embeddings["contextual-diversity-present"][sl] = res["contextual-diversity-present"]
+                if badge_params is not None:
+                    embeddings["badge-logit"][sl] = res["badge-logit"]
+                if crc_thresholds is not None:
+                    u, v, maps = res["crc"]
+                    scores["crc"][sl] = u
+                    embeddings["crc"][sl] = v
+                    if save_risk_maps > 0:
+                        # keep the N most uncertain maps seen so far (ties: smaller id first)
+                        kept += [(float(u[i]), image_id, maps[i].astype(np.float16)) for i, image_id in enumerate(ids)]
+                        kept = sorted(kept, key=lambda t: (-t[0], t[1]))[:save_risk_maps]
+                row += b
+                progress(b)
+        finally:
+            computed.close()
+            batches.close()
         pool_ids = list(pool.ids)
     risk_maps = None
     if save_risk_maps > 0 and calibration is not None:
@@ -143,7 +257,7 @@ def score(
         risk_maps = ([t[1] for t in kept], [t[2] for t in kept] if kept else np.zeros((0, h, w)))
     write_scores(
         out_path, pool_ids, scores=scores, embeddings=embeddings, params=params, risk_maps=risk_maps,
-        attrs={"pool_path": str(pool_path), "pool_sha256": sha256_file(pool_path)}, overwrite=overwrite,
+        attrs={"pool_path": str(pool_path), "pool_sha256": pool_digest(pool_path)}, overwrite=overwrite,
     )
     result = ScoreResult(
         out_path=str(out_path), n_images=n, strategies=names,

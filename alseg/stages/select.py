@@ -72,9 +72,12 @@ class _Sources:
         with ScoresReader(self.scores_path) as s:
             recorded, score_ids = s.attrs.get("pool_sha256"), set(s.ids)
         if recorded:
-            from alseg.files.hdf5 import sha256_file
+            from alseg.files.hdf5 import POOL_DIGEST_PREFIX, pool_digest, sha256_file
 
-            if recorded != sha256_file(self.pool_path):
+            # `score` records the pool's metadata digest (a few MB read); an older scores file the sha256
+            # of every byte, which only a full read can check
+            now = pool_digest(self.pool_path) if recorded.startswith(POOL_DIGEST_PREFIX) else sha256_file(self.pool_path)
+            if recorded != now:
                 raise InputError(f"{self.scores_path}: scored from another pool file than {self.pool_path} "
                                  "(its pool_sha256 differs); rerun `alseg score` on this pool")
             return
