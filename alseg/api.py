@@ -86,13 +86,13 @@ def infer(config: PathLike, *, checkpoint: PathLike, ids: PathLike, out: PathLik
 
 def score(pool: PathLike, *, strategy: str | Iterable[str], out: PathLike, calibration: PathLike | None = None,
           aggregation: str = "mean", q: float = 10.0, save_risk_maps: int = 0, batch_size: int = 16,
-          overwrite: bool = False, progress: Progress = None):
+          device: str = "cpu", overwrite: bool = False, progress: Progress = None):
     """``alseg score``: image scores and strategy embeddings of every image of ``pool`` into ``out``."""
     from alseg.stages.score import score as _score
 
     return _score(pool, strategies=_names(strategy), out_path=out, calibration_path=calibration,
                   aggregation=aggregation, q=q, save_risk_maps=save_risk_maps, batch_size=batch_size,
-                  overwrite=overwrite, progress=_progress(progress))
+                  device=device, overwrite=overwrite, progress=_progress(progress))
 
 
 def calibrate(pool: PathLike, *, out: PathLike, alpha: float = 0.05, bins: int = 1000, t_min: float = 0.001,

@@ -17,8 +17,8 @@ from alseg.registry import SCORED
 @cli_errors
 def main(
     pool: Annotated[Path, typer.Argument(help="Pool file written by `alseg infer`.", show_default=False)],
-    strategy: Annotated[list[str], typer.Option(
-        "--strategy", "-s", help=f"Strategy to score; repeat for several. One of: {', '.join(SCORED)}.")],
+    strategy: Annotated[str, typer.Option(
+        "--strategy", "-s", help=f"Strategies to score, comma-separated (e.g. margin,crc). Of: {', '.join(SCORED)}.")],
     out_path: Annotated[Path, typer.Option("--out", help="Scores file to write (HDF5).")],
     calibration: Annotated[Optional[Path], typer.Option(
         help="Calibration JSON from `alseg calibrate` (needed by crc).")] = None,
@@ -28,6 +28,9 @@ def main(
     save_risk_maps: Annotated[int, typer.Option(
         help="Keep the CRC risk maps of the N most uncertain images (for `alseg report`).")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images read from the pool file at a time.")] = 16,
+    device: Annotated[str, typer.Option(help=(
+        "Where scores are computed: cpu (default, NumPy on worker threads) or auto, cuda, cuda:N, mps (torch; "
+        "BADGE pooling and saved risk maps stay on the CPU)."))] = "cpu",
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     json: Json = False,
@@ -40,14 +43,14 @@ def main(
 
     Reads: POOL (and --calibration for crc). Writes: --out scores file and OUT.manifest.json.
 
-    Example: alseg score pool.h5 --strategy margin --strategy entropy --out scores.h5
+    Example: alseg score pool.h5 --strategy margin,entropy --out scores.h5
     """
     from alseg.stages.score import score
 
     with progress_bar("score", quiet=quiet) as bar:
-        result = score(pool, strategies=strategy, out_path=out_path, calibration_path=calibration,
+        result = score(pool, strategies=[n.strip() for n in strategy.split(",") if n.strip()], out_path=out_path, calibration_path=calibration,
                        aggregation=aggregation, q=q, save_risk_maps=save_risk_maps, batch_size=batch_size,
-                       overwrite=overwrite, progress=bar)
+                       device=device, overwrite=overwrite, progress=bar)
     if json:
         print_json(to_jsonable(result))
     else:

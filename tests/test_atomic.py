@@ -189,7 +189,7 @@ def test_file_size_limit_is_one_error_line_and_nothing_half_written(tmp_path, id
     out = tmp_path / "out"
     out.mkdir()
     runs = {
-        "score": ["score", str(pool), "--strategy", "margin", "--strategy", "contextual-diversity",
+        "score": ["score", str(pool), "--strategy", "margin,contextual-diversity",
                   "--out", str(out / "s.h5"), "--quiet"],
         "select": ["select", "--strategy", "margin", "--budget", "3", "--labeled", str(lab), "--pool", str(pool),
                    "--out", str(out / "sel.txt"), "--update", "--device", "cpu", "--quiet"],

@@ -138,7 +138,7 @@ def test_fused_scores_equal_alseg_score_on_stored_logits(world, tmp_path, aggreg
     r = runner.invoke(app, _infer(world, pool, "--scores", scores, "--scores-out", str(fused_scores),
                                   "--aggregation", aggregation, "--embeddings", "bottleneck"))
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["score", str(pool), *[a for n in ALL for a in ("--strategy", n)], "--out",
+    r = runner.invoke(app, ["score", str(pool), "--strategy", ",".join(ALL), "--out",
                             str(stored_scores), "--calibration", str(world["crc"]), "--aggregation", aggregation,
                             "--quiet"])
     assert r.exit_code == 0, r.output

@@ -396,7 +396,7 @@ def _(w, d):
 
 @case("score: disk full", "out.h5", inputs=POOL_IN, fsize=4096)
 def _(w, d):
-    return ["score", str(w.pool), "-s", "margin", "-s", "crc", "--calibration", str(w.crc), "--save-risk-maps", "8",
+    return ["score", str(w.pool), "-s", "margin,crc", "--calibration", str(w.crc), "--save-risk-maps", "8",
             "--out", str(d / "out.h5"), "--quiet"]
 
 

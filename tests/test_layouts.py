@@ -55,7 +55,7 @@ def round_through(tmp: Path, config: Path, data: Path, *, n_labeled: int, embedd
     call("infer", config, "--data-root", data, "--checkpoint", ckpt, "--ids", val_txt, "--out", tmp / "calib.h5",
          "--with-labels", "--device", "cpu", "--quiet")
     call("calibrate", tmp / "calib.h5", "--alpha", 0.5, "--out", tmp / "crc.json", "--train-ids", labeled)
-    call("score", tmp / "pool.h5", "--strategy", "margin", "--strategy", "crc", "--calibration", tmp / "crc.json",
+    call("score", tmp / "pool.h5", "--strategy", "margin,crc", "--calibration", tmp / "crc.json",
          "--out", tmp / "scores.h5", "--quiet")
     strategies = ["margin", "crc"] + (["coreset"] if embeddings else [])
     for strategy in strategies:

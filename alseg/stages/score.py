@@ -130,12 +130,17 @@ def score(
     overwrite: bool = False,
     progress: Progress = _noop,
     workers: int | None = None,
+    device: str = "cpu",
 ) -> ScoreResult:
     """Score every image of ``pool_path`` for each strategy in ``strategies``; write ``out_path``.
 
     A reader thread decompresses the next batches while ``workers`` threads (default: the CPU count, at
     most 4) score the current ones; results are stored in file order, identical to a serial pass.
     Memory: about ``2 * workers + 2`` batches of float32 logits in flight.
+
+    ``device`` other than ``cpu``: the softmax, pixel scores, contextual diversity and the CRC statistics
+    run in torch on that device (:mod:`alseg.fused`, one worker); BADGE's pooled embedding and saved risk
+    maps are still computed on the CPU. Scores agree with the CPU path to float rounding.
     """
     from alseg import strategies as S
 
@@ -152,7 +157,11 @@ def score(
         raise UnknownName(f"--aggregation: unknown {aggregation!r}; choose one of: {', '.join(S.AGGREGATIONS)}")
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
-    n_workers = min(MAX_WORKERS, os.cpu_count() or 1) if workers is None else int(workers)
+    from alseg.device import resolve_device
+
+    torch_device = resolve_device(device)
+    on_device = torch_device.type != "cpu"
+    n_workers = 1 if on_device else min(MAX_WORKERS, os.cpu_count() or 1) if workers is None else int(workers)
     if n_workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
     if save_risk_maps < 0:
@@ -204,8 +213,33 @@ def score(
         crc_thresholds = thresholds if calibration is not None else None
         badge_params = badge if "badge" in names else None
 
+        def compute_on_device(ids: list[str], logits: np.ndarray, _labels: Any) -> dict[str, Any]:
+            import torch
+
+            from alseg import fused as F
+
+            S.check_finite(logits, ids, what=f"logits in {pool_path}")
+            p = F.softmax(torch.from_numpy(logits).to(torch_device))
+            out: dict[str, Any] = {}
+            for name in names:
+                if name in SCALAR_SCORES:
+                    out[name] = F.aggregate(F.PIXEL_SCORERS[name](p), aggregation, q).cpu().numpy()
+            if "contextual-diversity" in names:
+                cd, present = F.contextual_diversity(p)
+                out["contextual-diversity"], out["contextual-diversity-present"] = cd.cpu().numpy(), present.cpu().numpy()
+            if badge_params is not None:
+                out["badge-logit"] = S.badge_logit_rows(logits, badge_params)
+            if crc_thresholds is not None:
+                u, v = F.crc(p, torch.as_tensor(crc_thresholds, dtype=torch.float64, device=torch_device))
+                maps = (C.crc_image_scores(S.softmax(logits, axis=1), crc_thresholds, return_risk_maps=True)[2]
+                        if save_risk_maps > 0 else None)
+                out["crc"] = (u.cpu().numpy(), v.cpu().numpy(), maps)
+            return out
+
         def compute(ids: list[str], logits: np.ndarray, _labels: Any) -> dict[str, Any]:
             # pure per-batch work (the same functions whatever the thread): results in, file order kept
+            if on_device:
+                return compute_on_device(ids, logits, _labels)
             S.check_finite(logits, ids, what=f"logits in {pool_path}")
             probs = S.softmax(logits, axis=1)
             out: dict[str, Any] = {}
@@ -268,7 +302,7 @@ def score(
         write_manifest(
             out_path, stage="score",
             args={"pool_path": pool_path, "strategies": names, "calibration_path": calibration_path,
-                  "aggregation": aggregation, "q": q, "save_risk_maps": save_risk_maps},
+                  "aggregation": aggregation, "q": q, "save_risk_maps": save_risk_maps, "device": device},
             inputs=[pool_path, calibration_path], outputs=[out_path], seconds=result.seconds, result=result,
         )
     return result
