@@ -17,7 +17,7 @@ from alseg.stages import no_progress as _noop
 from alseg.errors import InputError
 from alseg.files.atomic import check_not_input, check_writable, holding_output_locks, removed_on_failure
 from alseg.files.calibration import write_calibration
-from alseg.files.hdf5 import PoolReader, sha256_file
+from alseg.files.hdf5 import PoolReader, pool_digest
 from alseg.files.idlist import read_ids
 from alseg.files.manifest import manifest_path, read_manifest, write_manifest
 
@@ -157,7 +157,7 @@ def calibrate(
         "query_thresholds": query,
         "class_names": class_names,
         "pool_path": str(pool_path),
-        "pool_sha256": sha256_file(pool_path),
+        "pool_sha256": pool_digest(pool_path),
         "evaluation": evaluation,
     }
     write_calibration(out_path, doc)
