@@ -26,8 +26,7 @@ from alseg.errors import InputError, NonFiniteError, UnknownName
 
 # `infer --scores` names (the registry's keys) and what each adds to the scores file
 FUSED_SCORES = ("entropy", "margin", "least-confidence", "crc", "contextual-diversity", "badge")
-SCALAR = ("entropy", "margin", "least-confidence")
-AGGREGATIONS = ("mean", "sum", "top-q")
+from alseg.registry import AGGREGATIONS, SCALAR_SCORES as SCALAR  # noqa: E402
 
 
 def softmax(logits: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,10 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 SCALAR_SCORES = ("entropy", "margin", "least-confidence")
+AGGREGATIONS = ("mean", "sum", "top-q")  # pixel-to-image reductions of the scalar scores
+POOL_EMBEDDINGS = ("bottleneck", "penultimate")  # coreset's feature embeddings (`infer --embeddings`)
+BADGE_EMBEDDINGS = ("logit", "last-layer")
+CRC_SELECTORS = ("top-diverse-k", "kcenter")
 SCORED = tuple(name for name, s in STRATEGIES.items() if s.scored and name != "stochastic-batches")
 
 

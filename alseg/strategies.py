@@ -161,7 +161,7 @@ def get_pixel_scorer(name: str) -> PixelScorer:
 # ---------------------------------------------------------------------------------------------
 # Aggregation: (N, H, W) -> (N,)
 
-AGGREGATIONS = ("mean", "sum", "top-q")
+from alseg.registry import AGGREGATIONS  # noqa: E402  (the names live in the registry)
 
 
 def aggregate(pixel_scores: np.ndarray, how: str = "mean", q: float = 10.0) -> np.ndarray:

@@ -92,6 +92,23 @@ def expand_cfg_options(argv: list[str]) -> list[str]:
     return out
 
 
+def repeated_option(argv: list[str]) -> str | None:
+    """The first option given twice (``--cfg-options`` excepted): Click would silently keep the last one,
+    and alseg's lists are comma lists (``--strategy margin,crc``)."""
+    seen: set[str] = set()
+    aliases = {"-s": "--strategy"}
+    for token in argv:
+        if token == "--":
+            break
+        if not token.startswith("-") or token in ("-", "--cfg-options") or token[1:2].isdigit():
+            continue
+        name = aliases.get(token.split("=", 1)[0], token.split("=", 1)[0])
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
 def main() -> None:
     """The ``alseg`` entry point."""
     import signal
@@ -103,6 +120,11 @@ def main() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     from typer import Abort
 
+    twice = repeated_option(sys.argv[1:])
+    if twice is not None:
+        print(f"error: {twice} given more than once; alseg takes one value, or a comma list ({twice} a,b)",
+              file=sys.stderr)
+        sys.exit(2)
     try:
         code = app(args=expand_cfg_options(sys.argv[1:]), prog_name="alseg", standalone_mode=False)
     except Abort:

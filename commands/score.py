@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -11,7 +11,7 @@ from alseg.commands._console import err, out, print_json, progress_bar
 from alseg.commands._errors import cli_errors
 from alseg.commands._options import Json, Overwrite, Quiet
 from alseg.files.manifest import to_jsonable
-from alseg.registry import SCORED
+from alseg.registry import AGGREGATIONS, SCORED
 
 
 @cli_errors
@@ -22,8 +22,8 @@ def main(
     out_path: Annotated[Path, typer.Option("--out", help="Scores file to write (HDF5).")],
     calibration: Annotated[Optional[Path], typer.Option(
         help="Calibration JSON from `alseg calibrate` (needed by crc).")] = None,
-    aggregation: Annotated[str, typer.Option(
-        help="Pixel-to-image reduction for entropy/margin/least-confidence: mean, sum or top-q.")] = "mean",
+    aggregation: Annotated[Literal[AGGREGATIONS], typer.Option(
+        help="Pixel-to-image reduction for entropy/margin/least-confidence.")] = "mean",
     q: Annotated[float, typer.Option(help="Percent of highest pixel scores averaged by --aggregation top-q.")] = 10.0,
     save_risk_maps: Annotated[int, typer.Option(
         help="Keep the CRC risk maps of the N most uncertain images (for `alseg report`).")] = 0,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -11,14 +11,15 @@ from alseg.commands._console import err, out, print_json, progress_bar, warn
 from alseg.commands._errors import cli_errors
 from alseg.commands._options import Device, Json, Overwrite, Quiet, Seed
 from alseg.files.manifest import to_jsonable
-from alseg.registry import STRATEGIES
+from alseg.registry import (AGGREGATIONS, BADGE_EMBEDDINGS, CRC_SELECTORS, POOL_EMBEDDINGS, SCALAR_SCORES,
+                            STRATEGIES)
 
-_STRATEGY_HELP = "Strategy: " + "; ".join(f"{s.name} ({s.summary})" for s in STRATEGIES.values()) + "."
+_STRATEGY_HELP = "One of: " + ", ".join(STRATEGIES) + " (docs/algorithms.md gives the math of each)."
 
 
 @cli_errors
 def main(
-    strategy: Annotated[str, typer.Option("--strategy", "-s", help=_STRATEGY_HELP)],
+    strategy: Annotated[Literal[tuple(STRATEGIES)], typer.Option("--strategy", "-s", metavar="NAME", help=_STRATEGY_HELP)],
     budget: Annotated[int, typer.Option(help="Number of images to select.")],
     labeled: Annotated[Path, typer.Option(help="Labeled id list; these ids are never selected (may be empty).")],
     out_path: Annotated[Path, typer.Option("--out", help="Where to write the selected ids, in rank order.")],
@@ -32,13 +33,18 @@ def main(
         help="Stochastic batches on the strategy's scalar score (entropy, margin, least-confidence, crc).")] = False,
     groups: Annotated[Optional[int], typer.Option(
         help="Stochastic batches: draw G independent random groups instead of a disjoint partition.")] = None,
-    base_score: Annotated[str, typer.Option(help="Score used by --strategy stochastic-batches.")] = "entropy",
-    embedding: Annotated[str, typer.Option(help="coreset embedding: bottleneck or penultimate.")] = "bottleneck",
-    badge_embedding: Annotated[str, typer.Option(
+    base_score: Annotated[Literal[SCALAR_SCORES], typer.Option(
+        metavar="SCORE", help="Score used by --strategy stochastic-batches: " + ", ".join(SCALAR_SCORES) + ".")
+    ] = "entropy",
+    embedding: Annotated[Literal[POOL_EMBEDDINGS], typer.Option(
+        metavar="NAME", help="coreset embedding: " + " or ".join(POOL_EMBEDDINGS) + ".")] = "bottleneck",
+    badge_embedding: Annotated[Literal[BADGE_EMBEDDINGS], typer.Option(metavar="NAME",
         help="badge embedding: logit (from logits) or last-layer (needs `infer --embeddings badge`).")] = "logit",
     tau: Annotated[float, typer.Option(help="crc: barycenter exponent, 1 = pure diversity, 0 = pure uncertainty.")] = 0.5,
-    selector: Annotated[str, typer.Option(help="crc selector: top-diverse-k or kcenter.")] = "top-diverse-k",
-    aggregation: Annotated[str, typer.Option(help="Pixel reduction when scoring on the fly: mean, sum, top-q.")] = "mean",
+    selector: Annotated[Literal[CRC_SELECTORS], typer.Option(
+        metavar="NAME", help="crc selector: " + " or ".join(CRC_SELECTORS) + ".")] = "top-diverse-k",
+    aggregation: Annotated[Literal[AGGREGATIONS], typer.Option(
+        metavar="HOW", help="Pixel reduction when scoring on the fly: " + ", ".join(AGGREGATIONS) + ".")] = "mean",
     q: Annotated[float, typer.Option(help="Percent of pixels for --aggregation top-q.")] = 10.0,
     device: Device = "auto",
     update: Annotated[bool, typer.Option(help="Also append the selection to --labeled: all or nothing (on failure neither --out nor --labeled changes).")] = False,

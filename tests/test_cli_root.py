@@ -28,3 +28,13 @@ def test_usage_errors_are_one_line_with_exit_code_2():
     assert r.stderr.startswith("error: alseg score: Invalid value for '--batch-size'") and "alseg score --help" in r.stderr
     r = alseg("nope")
     assert r.returncode == 2 and r.stderr == "error: alseg: No such command 'nope'. (see `alseg --help`)\n"
+
+
+def test_an_option_given_twice_is_refused_not_overridden():
+    r = alseg("score", "p.h5", "-s", "margin", "--strategy", "crc", "--out", "x.h5")
+    assert r.returncode == 2 and r.stderr == (
+        "error: --strategy given more than once; alseg takes one value, or a comma list (--strategy a,b)\n")
+    from alseg.commands import repeated_option
+
+    assert repeated_option(["train", "c", "--cfg-options", "a=1", "--cfg-options", "b=2", "--seed=-1"]) is None
+    assert repeated_option(["select", "--budget=3", "--budget", "4"]) == "--budget"

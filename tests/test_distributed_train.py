@@ -146,7 +146,7 @@ def test_detect_launch_from_the_environment():
 def test_cli_launcher_option(tmp_path):
     r = CliRunner().invoke(app, ["train", CONFIG, "--labeled", str(tmp_path / "l.txt"), "--out",
                                  str(tmp_path / "w"), "--launcher", "mpi"])
-    assert r.exit_code == 2 and "'mpi' is not one of: auto, none, pytorch, slurm" in " ".join(
+    assert r.exit_code == 2 and "'mpi' is not one of 'auto', 'none', 'pytorch', 'slurm'" in " ".join(
         line.strip("│ ") for line in r.output.splitlines())  # rich boxes the usage error
     r = CliRunner().invoke(app, ["train", CONFIG, "--labeled", str(tmp_path / "l.txt"), "--out",
                                  str(tmp_path / "w"), "--launcher", "pytorch"], env={"RANK": None})

@@ -272,8 +272,8 @@ def test_cli_round_train_infer_score_select(trained, tmp_path):
 
     root, pool, labeled = trained["root"], trained["pool"], trained["labeled"]
     scores = tmp_path / "scores.h5"
-    r = runner.invoke(app, ["score", str(pool), "--strategy", "margin,contextual-diversity",
-                            "--strategy", "badge", "--out", str(scores), "--quiet"])
+    r = runner.invoke(app, ["score", str(pool), "--strategy", "margin,contextual-diversity,badge",
+                            "--out", str(scores), "--quiet"])
     assert r.exit_code == 0, r.output
     lab = read_ids(labeled)
     for strategy, extra in [("margin", ["--scores", str(scores)]), ("coreset", []),

@@ -31,11 +31,7 @@ from alseg.files.atomic import (
 from alseg.files.hdf5 import PoolReader, ScoresReader
 from alseg.files.idlist import read_ids, write_ids
 from alseg.files.manifest import manifest_path, write_manifest
-from alseg.registry import SCALAR_SCORES, get_strategy
-
-BADGE_EMBEDDINGS = ("logit", "last-layer")
-POOL_EMBEDDINGS = ("bottleneck", "penultimate")
-CRC_SELECTORS = ("top-diverse-k", "kcenter")
+from alseg.registry import BADGE_EMBEDDINGS, CRC_SELECTORS, POOL_EMBEDDINGS, SCALAR_SCORES, get_strategy
 
 
 
