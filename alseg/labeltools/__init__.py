@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from alseg.errors import InputError
+
 UNLABELED = -1
 
 FORMATS = ("label-studio", "cvat")  # the labeling tools alseg exports to and imports from
@@ -86,3 +88,17 @@ def image_name(index, image_id: str) -> str:
     import posixpath
 
     return posixpath.splitext(image_relpath(index, image_id))[0]
+
+
+def image_size(path: str, *, where: str | None = None) -> tuple[int, int]:
+    """(H, W) of an image file, from its header; an unreadable file is one error line (prefixed with
+    ``where``, e.g. the task it belongs to, when given)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception as exc:
+        prefix = f"{where}: cannot read the image {path}" if where else f"{path}: cannot read the image"
+        raise InputError(f"{prefix} ({type(exc).__name__}: {exc})") from None
+    return int(h), int(w)

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from alseg.errors import InputError
-from alseg.labeltools import FORMATS
+from alseg.labeltools import FORMATS, image_size
 from alseg.stages import no_progress as _noop
 
 
@@ -70,18 +70,6 @@ def prediction_at_image_size(logits: np.ndarray, size: tuple[int, int], *, align
     """Class map (H, W) int64: argmax over classes of ``logits`` (K, h, w) upsampled to ``size``; ties
     go to the lower class index."""
     return np.argmax(upsample(logits, size, align_corners=align_corners), axis=0).astype(np.int64)
-
-
-def image_size(path: str) -> tuple[int, int]:
-    """(H, W) of an image file, from its header."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception as exc:
-        raise InputError(f"{path}: cannot read the image ({type(exc).__name__}: {exc})") from None
-    return int(h), int(w)
 
 
 def _palette(index) -> list | None:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from alseg.errors import InputError, OutputExistsError
-from alseg.labeltools import FORMATS
+from alseg.labeltools import FORMATS, image_size
 from alseg.files.atomic import holding_output_locks
 from alseg.stages import no_progress as _noop
 
@@ -222,7 +222,7 @@ def import_masks(
         try:
             for item, target in zip(items, targets):
                 info = index.data_info(item.image_id)
-                size = _image_size(info["img_path"], item.where)
+                size = image_size(info["img_path"], where=item.where)
                 class_map = item.decode(size)
                 if class_map is None:
                     raise InputError(f"{item.where}: the annotation paints no class; delete it or label the image")
@@ -272,14 +272,3 @@ def import_masks(
                         mask_paths=[str(t) for t in targets], skipped=skipped,
                         labeled_updated=None if labeled_path is None else str(labeled_path),
                         n_added_to_labeled=added, warnings=warnings, seconds=time.perf_counter() - t0)
-
-
-def _image_size(path: str, where: str) -> tuple[int, int]:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception as exc:
-        raise InputError(f"{where}: cannot read the image {path} ({type(exc).__name__}: {exc})") from None
-    return int(h), int(w)
