@@ -110,8 +110,9 @@ def select(*, strategy: str, budget: int, labeled: PathLike, out: PathLike, pool
            scores: PathLike | None = None, pool_ids: PathLike | None = None, calibration: PathLike | None = None,
            seed: int = 0, stochastic: bool = False, groups: int | None = None, base_score: str = "entropy",
            embedding: str = "bottleneck", badge_embedding: str = "logit", tau: float = 0.5,
-           selector: str = "top-diverse-k", aggregation: str = "mean", q: float = 10.0, device: str = "auto",
-           update: bool = False, overwrite: bool = False, progress: Progress = None):
+           selector: str = "top-diverse-k", aggregation: str = "mean", q: float = 10.0, sampler: str = "top",
+           beta: float = 1.0, device: str = "auto", update: bool = False, overwrite: bool = False,
+           progress: Progress = None):
     """``alseg select``: the ``budget`` images to label next, written to ``out`` (and appended to ``labeled``
     with ``update``)."""
     from alseg.stages.select import select as _select
@@ -120,7 +121,7 @@ def select(*, strategy: str, budget: int, labeled: PathLike, out: PathLike, pool
                    pool_ids_path=pool_ids, calibration_path=calibration, seed=seed, stochastic=stochastic,
                    groups=groups, base_score=base_score, embedding=embedding, badge_embedding=badge_embedding,
                    tau=tau, selector=selector, aggregation=aggregation, q=q, device=device, update=update,
-                   overwrite=overwrite, progress=_progress(progress))
+                   overwrite=overwrite, progress=_progress(progress), sampler=sampler, beta=beta)
 
 
 def run(experiment: PathLike, *, out: PathLike | None = None, seeds: str | Iterable[int] | None = None,

@@ -80,7 +80,7 @@ class Experiment:
 
 
 SELECT_PARAMS = {"stochastic", "groups", "base_score", "embedding", "badge_embedding", "tau", "selector",
-                 "aggregation", "q"}
+                 "aggregation", "q", "sampler", "beta"}
 CRC_PARAMS = {"alpha", "t_min", "bins", "save_risk_maps"}
 
 

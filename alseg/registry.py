@@ -51,6 +51,7 @@ AGGREGATIONS = ("mean", "sum", "top-q")  # pixel-to-image reductions of the scal
 POOL_EMBEDDINGS = ("bottleneck", "penultimate")  # coreset's feature embeddings (`infer --embeddings`)
 BADGE_EMBEDDINGS = ("logit", "last-layer")
 CRC_SELECTORS = ("top-diverse-k", "kcenter")
+SAMPLERS = ("top", "power", "softmax", "softrank")  # how scalar scores become a batch (alseg.samplers)
 SCORED = tuple(name for name, s in STRATEGIES.items() if s.scored and name != "stochastic-batches")
 
 

@@ -21,9 +21,9 @@ from typing import Sequence
 import numpy as np
 
 from alseg.errors import InputError, UnknownName
+from alseg.registry import SAMPLERS
 from alseg.selectors import _canonical, _check_budget, _check_rng, _check_scores, top_k
 
-SAMPLERS = ("top", "power", "softmax", "softrank")
 BETA_FIRST, BETA_LAST = 1.0, 100.0  # nnActive's exponential_schedule defaults
 FOREGROUND_SHARE = 0.66  # ClaSP PE's share of the budget that goes to the class strata
 

@@ -11,8 +11,8 @@ from alseg.commands._console import err, out, print_json, progress_bar, warn
 from alseg.commands._errors import cli_errors
 from alseg.commands._options import Device, Json, Overwrite, Quiet, Seed
 from alseg.files.manifest import to_jsonable
-from alseg.registry import (AGGREGATIONS, BADGE_EMBEDDINGS, CRC_SELECTORS, POOL_EMBEDDINGS, SCALAR_SCORES,
-                            STRATEGIES)
+from alseg.registry import (AGGREGATIONS, BADGE_EMBEDDINGS, CRC_SELECTORS, POOL_EMBEDDINGS, SAMPLERS,
+                            SCALAR_SCORES, STRATEGIES)
 
 _STRATEGY_HELP = "One of: " + ", ".join(STRATEGIES) + " (docs/algorithms.md gives the math of each)."
 
@@ -46,6 +46,11 @@ def main(
     aggregation: Annotated[Literal[AGGREGATIONS], typer.Option(
         metavar="HOW", help="Pixel reduction when scoring on the fly: " + ", ".join(AGGREGATIONS) + ".")] = "mean",
     q: Annotated[float, typer.Option(help="Percent of pixels for --aggregation top-q.")] = 10.0,
+    sampler: Annotated[Literal[SAMPLERS], typer.Option(metavar="NAME", help=(
+        "How scalar scores (entropy, margin, least-confidence, crc's risk) become a batch: " + ", ".join(SAMPLERS)
+        + ". top = the highest; power/softmax/softrank sample without replacement (Kirsch et al. 2023), seeded."))
+    ] = "top",
+    beta: Annotated[float, typer.Option(help="Sampler temperature: larger is closer to top.")] = 1.0,
     device: Device = "auto",
     update: Annotated[bool, typer.Option(help="Also append the selection to --labeled: all or nothing (on failure neither --out nor --labeled changes).")] = False,
     overwrite: Overwrite = False,
@@ -70,7 +75,8 @@ def main(
                         scores_path=scores, pool_ids_path=pool_ids, calibration_path=calibration, seed=seed,
                         stochastic=stochastic, groups=groups, base_score=base_score, embedding=embedding,
                         badge_embedding=badge_embedding, tau=tau, selector=selector, aggregation=aggregation,
-                        q=q, device=device, update=update, overwrite=overwrite, progress=bar)
+                        q=q, sampler=sampler, beta=beta, device=device, update=update, overwrite=overwrite,
+                        progress=bar)
     for message in result.warnings:
         warn(message)
     if json:

@@ -38,3 +38,10 @@ def test_an_option_given_twice_is_refused_not_overridden():
 
     assert repeated_option(["train", "c", "--cfg-options", "a=1", "--cfg-options", "b=2", "--seed=-1"]) is None
     assert repeated_option(["select", "--budget=3", "--budget", "4"]) == "--budget"
+
+
+def test_the_cli_starts_without_importing_torch():
+    """Every command module is imported at start; torch (seconds) must wait for a command that computes."""
+    r = subprocess.run([sys.executable, "-c", "import sys, alseg.commands; print('torch' in sys.modules)"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "False", r.stderr

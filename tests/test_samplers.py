@@ -151,3 +151,30 @@ def test_beta_schedule_hand_values():
     assert beta_schedule(1, 1) == pytest.approx(1.0)
     with pytest.raises(InputError, match="--round must be t/T"):
         beta_schedule(4, 3)
+
+
+def test_select_samples_scalar_scores_through_the_sampler(tmp_path, ids40):
+    """select --sampler power: the seeded sample of the image scores, the same on a rerun; top unchanged;
+    a sampler on a strategy without a scalar score is one error."""
+    from alseg.errors import InputError as _InputError
+    from alseg.files.hdf5 import ScoresReader
+    from alseg.files.idlist import read_ids, write_ids
+    from alseg.stages.score import score
+    from alseg.stages.select import select
+    from conftest import make_pool
+
+    pool = make_pool(tmp_path / "pool.h5", ids40)
+    score(pool, strategies=["entropy"], out_path=tmp_path / "s.h5")
+    labeled = write_ids(tmp_path / "lab.txt", ids40[:5])
+    with ScoresReader(tmp_path / "s.h5") as s:
+        ent = s.score("entropy", ids40[5:])
+    runs = []
+    for name in ("a", "b"):
+        runs.append(select("entropy", budget=6, labeled_path=labeled, out_path=tmp_path / f"{name}.txt",
+                           scores_path=tmp_path / "s.h5", seed=3, sampler="power", beta=2.0).selected)
+    assert runs[0] == runs[1] == list(sample(ent, ids40[5:], 6, sampler="power", beta=2.0,
+                                             rng=np.random.default_rng(3)))
+    top = select("entropy", budget=6, labeled_path=labeled, out_path=tmp_path / "t.txt", scores_path=tmp_path / "s.h5")
+    assert top.selected == list(top_k(ent, ids40[5:], 6)) == read_ids(tmp_path / "t.txt")
+    with pytest.raises(_InputError, match="--sampler power samples by a scalar score"):
+        select("coreset", budget=2, labeled_path=labeled, out_path=tmp_path / "c.txt", pool_path=pool, sampler="power")

@@ -271,6 +271,8 @@ def select(
     update: bool = False,
     overwrite: bool = False,
     progress: Callable[..., None] = _noop,
+    sampler: str = "top",
+    beta: float = 1.0,
 ) -> SelectResult:
     """Select ``budget`` ids from the unlabeled candidates and write them to ``out_path``."""
     from alseg import selectors as sel
@@ -285,6 +287,13 @@ def select(
         raise InputError(f"--groups must be at least 1, got {groups}")
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    from alseg.samplers import SAMPLERS, sample
+
+    if sampler not in SAMPLERS:
+        raise UnknownName(f"--sampler: unknown {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+    if sampler != "top" and (strategy not in (*SCALAR_SCORES, "crc") or stochastic):
+        raise InputError(f"--sampler {sampler} samples by a scalar score: use it with entropy, margin, "
+                         f"least-confidence or crc (its risk u), without --stochastic; not with {strategy!r}")
     if base_score not in SCALAR_SCORES:
         raise UnknownName(f"unknown --base-score {base_score!r}; choose one of: {', '.join(SCALAR_SCORES)}")
     if embedding not in POOL_EMBEDDINGS:
@@ -339,7 +348,7 @@ def select(
         name = base_score if strategy == "stochastic-batches" else strategy
         chosen = sel.stochastic_batches(src.scalar(name, unlabeled), ids_u, budget, rng=rng, groups=groups)
     elif strategy in SCALAR_SCORES:
-        chosen = sel.top_k(src.scalar(strategy, unlabeled), ids_u, budget)
+        chosen = sample(src.scalar(strategy, unlabeled), ids_u, budget, sampler=sampler, beta=beta, rng=rng)
     elif strategy == "coreset":
         with src.need_pool("strategy 'coreset'") as pool:
             available = set(pool.ids)
@@ -356,7 +365,9 @@ def select(
         chosen = sel.kmeans_pp(emb, ids_u, budget, rng=rng, device=dev)
     elif strategy == "crc":
         u_u, v_u = src.crc(unlabeled)
-        if stochastic:
+        if sampler != "top":  # sampling by the CRC risk u alone (§11.4), no diversity step
+            chosen = sample(u_u, ids_u, budget, sampler=sampler, beta=beta, rng=rng)
+        elif stochastic:
             chosen = sel.stochastic_batches(u_u, ids_u, budget, rng=rng, groups=groups)
         else:
             from alseg import crc as C
@@ -380,6 +391,7 @@ def select(
         args={"strategy": strategy, "budget": budget, "labeled_path": labeled_path, "pool_path": pool_path,
               "scores_path": scores_path, "pool_ids_path": pool_ids_path, "calibration_path": calibration_path,
               "seed": seed, "stochastic": stochastic, "groups": groups, "base_score": base_score,
+              "sampler": sampler, "beta": beta,
               "embedding": embedding, "badge_embedding": badge_embedding, "tau": tau, "selector": selector,
               "aggregation": aggregation, "q": q, "update": update},
         inputs=[labeled_path, *inputs], outputs=[out_path], seconds=result.seconds, result=result,
