@@ -23,8 +23,14 @@ def read_versioned_json(path: str | os.PathLike, fmt: str, version: int, *, miss
         raise InputError(f"{path}: not valid JSON ({exc})") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return check_format(doc, path, fmt, version)
+
+
+def check_format(doc: Any, path: str | os.PathLike, fmt: str, version: int) -> dict[str, Any]:
+    """``doc`` as a header of format ``fmt`` that this alseg reads (``format_version`` <= ``version``)."""
     if not isinstance(doc, dict) or doc.get("format") != fmt:
-        raise InputError(f"{path}: not an {fmt} file")
+        found = doc.get("format") if isinstance(doc, dict) else None
+        raise InputError(f"{path}: not an {fmt} file" + (f" (its format is {found!r})" if found else ""))
     got = doc.get("format_version", -1)
     if not isinstance(got, int) or isinstance(got, bool):
         raise InputError(f"{path}: format_version must be an integer, got {got!r}")

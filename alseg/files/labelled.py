@@ -158,13 +158,9 @@ def _header(path: Path, first: str) -> dict | None:
         return None  # an id that starts with "{"
     if not isinstance(doc, dict):
         return None
-    if doc.get("format") != FORMAT:
-        raise InputError(f"{path}: not an {FORMAT} file (its first line has format {doc.get('format')!r})")
-    version = doc.get("format_version", -1)
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise InputError(f"{path}: format_version must be an integer, got {version!r}")
-    if version > VERSION:
-        raise InputError(f"{path}: written by a newer alseg (format_version {version} > {VERSION}); upgrade alseg")
+    from alseg.files.jsonfile import check_format
+
+    version = check_format(doc, path, FORMAT, VERSION)["format_version"]
     if version < 1:
         raise InputError(f"{path}: unsupported format_version {version} (this alseg reads {VERSION})")
     return doc
