@@ -76,9 +76,16 @@ def _args(root: Path, out: Path, *, ckpt: Path | None = None, ids: Path | None =
             "--quiet", *extra]
 
 
+def _default_sigint() -> None:
+    # A shell's background job ignores SIGINT, and a child inherits that (Python then installs no
+    # KeyboardInterrupt handler): give alseg the disposition an interactive user's process has.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "alseg.commands", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for(cond, proc: subprocess.Popen, timeout: float = 120.0) -> bool:

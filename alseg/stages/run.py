@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -304,7 +305,9 @@ def run_train_command(command: list[str], *, work_dir: Path, progress: Callable[
     if proc.returncode != 0:
         lines = [line.strip() for line in errors.splitlines() if line.strip()]
         said = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-        why = said[0] if said else (lines[-1] if lines else "no output")
+        # else the last exception line (torchrun ends its report with a banner of "=" signs)
+        raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt): ", line)]
+        why = said[0] if said else raised[-1] if raised else (lines[-1] if lines else "no output")
         raise AlsegError(f"{work_dir}: training failed (exit {proc.returncode} of `{' '.join(command[:6])} ...`): {why}")
     if total is not None:
         progress(total)
