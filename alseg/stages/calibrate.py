@@ -103,8 +103,9 @@ def calibrate(
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     from alseg.device import resolve_device
 
-    torch_device = resolve_device(device)
-    torch_device = None if torch_device.type == "cpu" else torch_device  # the CPU keeps the NumPy path
+    # the CPU keeps the NumPy path, without importing torch to learn that
+    torch_device = None if device.strip().lower() == "cpu" else resolve_device(device)
+    torch_device = None if torch_device is None or torch_device.type == "cpu" else torch_device
     check_not_input([out_path, manifest_path(out_path)], [pool_path, evaluate_path, train_ids_path])
     out_path = check_writable(out_path, overwrite=overwrite)
     warnings: list[str] = []

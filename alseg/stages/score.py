@@ -159,8 +159,9 @@ def score(
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     from alseg.device import resolve_device
 
-    torch_device = resolve_device(device)
-    on_device = torch_device.type != "cpu"
+    # the default CPU path is NumPy: it need not import torch (seconds) to learn that
+    torch_device = None if device.strip().lower() == "cpu" else resolve_device(device)
+    on_device = torch_device is not None and torch_device.type != "cpu"
     n_workers = 1 if on_device else min(MAX_WORKERS, os.cpu_count() or 1) if workers is None else int(workers)
     if n_workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
