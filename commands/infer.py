@@ -9,9 +9,10 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from alseg.dataset import SPLITS
+from alseg.registry import MC_SCOPES
 from alseg.stages.infer import RESOLUTIONS
 
-from alseg.commands._console import err, print_json, progress_bar
+from alseg.commands._console import err, print_json, progress_bar, warn
 from alseg.commands._console import out as stdout
 from alseg.commands._errors import cli_errors
 from alseg.commands._options import SPLIT_HELP, CfgOptions, Config, DataRoot, Device, Json, Overwrite, Quiet
@@ -52,6 +53,14 @@ def main(
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Calibration JSON for --scores crc (same as crc:PATH).")] = None,
     aggregation: Annotated[str, typer.Option("--aggregation", help="Pixel-to-image reduction of --scores entropy/margin/least-confidence: mean, sum or top-q.")] = "mean",
     q: Annotated[float, typer.Option("--q", help="Percent of highest pixel scores averaged by --aggregation top-q.")] = 10.0,
+    mc: Annotated[int, typer.Option("--mc", min=0, help=(
+        "MC dropout: T stochastic passes per batch with dropout active in --mc-scope; OUT also gets /mc, per "
+        "pixel H(p-bar), mutual information and the modal vote share (memory independent of T), for the "
+        "strategies bald, mc-entropy and variation-ratio. The logits stay the deterministic ones (default 0: none)."))] = 0,
+    mc_scope: Annotated[Literal[MC_SCOPES], typer.Option("--mc-scope", help=(
+        "Where --mc samples dropout: head (backbone once, the decode head's own dropout T times) or full "
+        "(every dropout layer, the whole model T times). Normalisation layers stay in eval mode."))] = "head",
+    mc_seed: Annotated[int, typer.Option("--mc-seed", help="Seed of the --mc dropout masks (per batch: seed and the batch's first row).")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted (killed) run from the batches it finished in OUT.partial/; refused if the config, checkpoint, id list or options differ. A shard finished with the same inputs is kept.")] = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -91,9 +100,12 @@ def main(
             overwrite=overwrite, resume=resume, split=split, cfg_options=options, progress=progress,
             shard=None if shard is None else parse_shard(shard), logits=logits, scores=score_names,
             scores_out_path=scores_out, calibration_path=crc_path or calibration, aggregation=aggregation, q=q,
+            mc=mc, mc_scope=mc_scope, mc_seed=mc_seed,
         )
     if rank != "0":
         return
+    for message in result.warnings:
+        warn(message)
     from rich.table import Table
 
     table = Table(title=f"infer: {result.n_images} images, {result.seconds:.1f} s")
@@ -102,6 +114,9 @@ def main(
     table.add_row("logits", " x ".join(str(s) for s in result.logits_shape))
     for name, dim in result.embeddings.items():
         table.add_row(f"embeddings/{name}", f"{result.n_images} x {dim}")
+    if result.mc:
+        table.add_row(f"mc (T={result.mc}, {result.mc_scope})",
+                      " x ".join(str(s) for s in (result.n_images, 3, *result.logits_shape[2:])))
     err.print(table)
     if json:
         print_json(to_jsonable(result))

@@ -55,12 +55,12 @@ def test_scores_round_trip_and_join(tmp_path):
 def test_newer_version_and_missing_datasets_are_one_line_errors(tmp_path, ids40):
     path = make_pool(tmp_path / "p.h5", ids40[:3])
     with h5py.File(path, "a") as fh:
-        fh.attrs["format_version"] = 3
-    with pytest.raises(InputError, match=r"p\.h5: written by a newer alseg \(format_version 3 > 2\)"):
+        fh.attrs["format_version"] = 4
+    with pytest.raises(InputError, match=r"p\.h5: written by a newer alseg \(format_version 4 > 3\)"):
         PoolReader(path)
     with h5py.File(path, "a") as fh:
         fh.attrs["format_version"] = 0
-    with pytest.raises(InputError, match=r"p\.h5: unsupported format_version 0 \(this alseg reads 1, 2\)"):
+    with pytest.raises(InputError, match=r"p\.h5: unsupported format_version 0 \(this alseg reads 1, 2, 3\)"):
         PoolReader(path)
     with h5py.File(path, "a") as fh:
         fh.attrs["format_version"] = 2

@@ -2,7 +2,7 @@
 
 This module is the one home of the schema; ``docs/hdf5.md`` documents it for people.
 
-Pool file (``format = "alseg.pool"``, ``format_version`` 2; version 1 is still read)::
+Pool file (``format = "alseg.pool"``, ``format_version`` 2, or 3 when it holds /mc; versions 1, 2 are still read)::
 
     /ids                  (N,)        UTF-8 strings, unique; the join key (axes "id")
     /sizes                (N,2)       int32 valid (h, w) of each image (axes "id,hw"); absent in version 1
@@ -13,6 +13,9 @@ Pool file (``format = "alseg.pool"``, ``format_version`` 2; version 1 is still r
     /labels               (N,H,W)     uint8/uint16 ground truth at the logits' resolution, padded with the
                                       ignore index (optional)
     /embeddings/<name>    (N,D)       float32 (axes "id,feature"; attrs: layer, kind)
+    /mc                   (N,3,H,W)   float32 MC-dropout statistics per pixel (``infer --mc T``, version 3):
+                                      H(p̄) and H(p̄) − E in nats, max_k V_k / T (attrs: stats, T, scope);
+                                      padded, chunked and compressed like /logits (axes "id,stat,y,x")
     root attrs: format, format_version, class_names (JSON), n_classes, ignore_index, resolution,
                 model_config_sha256, checkpoint_sha256, config_path, checkpoint_path, alseg_version, created;
                 optional: logits_storage, shard ("i/n"), fingerprint (JSON), merged_shards (JSON)
@@ -77,8 +80,12 @@ from alseg.files.atomic import (
 POOL_FORMAT = "alseg.pool"
 SCORES_FORMAT = "alseg.scores"
 POOL_VERSION = 2  # what PoolWriter writes
+POOL_VERSION_MC = 3  # ... when the file holds /mc (`infer --mc T`)
 SCORES_VERSION = 2  # the highest ScoresReader reads; write_scores writes 1 unless risk maps are padded
-READS = {POOL_FORMAT: (1, 2), SCORES_FORMAT: (1, 2)}
+READS = {POOL_FORMAT: (1, 2, 3), SCORES_FORMAT: (1, 2)}
+# The channels of /mc (docs/algorithms.md §11.7), independent of the number of passes T: from them
+# H(p̄), E = H(p̄) − MI, BALD = MI and the variation ratio 1 − max_k V_k / T follow exactly.
+MC_STATS = ("predictive_entropy", "mutual_information", "max_vote_fraction")
 STR_DTYPE = h5py.string_dtype("utf-8")
 # Largest chunk of /logits (bytes): one image of the first size per chunk, split into tiles above this.
 CHUNK_BYTES = 4 << 20
@@ -412,6 +419,10 @@ class PoolWriter:
     takes ``logits=None`` and the images' ``sizes``. ``extras`` {name: (shape of one row, dtype)} are
     per-row arrays kept in the segments only (the fused path's scores), read back with :meth:`extra` after
     ``close(commit=True, keep_partial=True)``.
+
+    ``mc`` = ``{"T": passes, "scope": "head"|"full"}`` (``infer --mc T``) adds ``/mc``: each append then
+    takes ``mc_maps``, per image the (3, h, w) statistics of :data:`MC_STATS` on the image's grid; the file
+    says ``format_version`` 3.
     """
 
     def __init__(
@@ -430,6 +441,7 @@ class PoolWriter:
         fingerprint: Mapping[str, Any] | None = None,
         logits_storage: str = "native",
         extras: Mapping[str, tuple[Sequence[int], Any]] | None = None,
+        mc: Mapping[str, Any] | None = None,
     ):
         h, w = (int(s) for s in logits_shape)
         if h < 1 or w < 1:
@@ -453,6 +465,9 @@ class PoolWriter:
             more["logits_storage"] = self.logits_storage
         if self.extras:
             more["extras"] = {k: [list(shape), dt.str] for k, (shape, dt) in self.extras.items()}
+        self.mc = _mc_attrs(mc) if mc else None
+        if self.mc:  # absent without MC, so that older partial folders still resume
+            more["mc"] = self.mc
         self.fingerprint = _plain({
             "class_names": self.class_names, "ignore_index": self.ignore_index, "with_labels": self.with_labels,
             "embedding_dims": self.embedding_dims, **more, **dict(fingerprint or {}),
@@ -504,6 +519,7 @@ class PoolWriter:
                 want |= {f"logits_{j}" for j in range(len(ids))} if self.storage != "none" else set()
                 want |= {f"classes_{j}" for j in range(len(ids))} if self.storage == "topk" else set()
                 want |= {f"labels_{j}" for j in range(len(ids))} if self.with_labels else set()
+                want |= {f"mc_{j}" for j in range(len(ids))} if self.mc else set()
                 if len(sizes) != len(ids) or not want <= set(z.files):
                     raise InputError(f"{seg}: damaged batch of an interrupted run; pass --overwrite to start over")
             for i in ids:
@@ -561,6 +577,7 @@ class PoolWriter:
         topk_classes: np.ndarray | Sequence[np.ndarray] | None = None,
         sizes: np.ndarray | Sequence[Sequence[int]] | None = None,
         extras: Mapping[str, np.ndarray] | None = None,
+        mc_maps: np.ndarray | Sequence[np.ndarray] | None = None,
     ) -> None:
         """Append ``len(ids)`` rows, stored as float16: one durable segment of the partial folder.
 
@@ -568,7 +585,8 @@ class PoolWriter:
         (with ``with_labels``) likewise (b,H,W) or a list of (h_i,w_i). With ``topk:K`` storage ``logits``
         holds the K largest probabilities and ``topk_classes`` their classes, in the same shapes; with
         ``none`` storage ``logits`` is None and ``sizes`` (b,2) gives each image's (h, w).
-        ``extras[name]`` is (b, *shape) for each name the writer was given.
+        ``extras[name]`` is (b, *shape) for each name the writer was given. ``mc_maps`` (a writer with
+        ``mc``): (b,3,h,w) or a list of b arrays (3,h_i,w_i), each on its image's grid, stored float32.
         """
         if self._closed:
             raise ValueError("append() on a closed PoolWriter")
@@ -614,6 +632,14 @@ class PoolWriter:
             for j in range(len(c)):
                 arrays[f"classes_{first + j}"] = np.asarray(c[j]).astype(_class_dtype(self.n_classes))
         arrays["sizes"] = sizes
+        if (mc_maps is not None) != bool(self.mc):
+            raise ValueError("this pool file stores MC statistics; append() needs mc_maps" if self.mc else
+                             "mc_maps given to a PoolWriter without mc")
+        for j in range(b if self.mc else 0):
+            m = np.asarray(mc_maps[j], dtype=np.float32)
+            if m.shape != (len(MC_STATS), *sizes[j]):
+                raise ValueError(f"mc_maps[{j}] has shape {m.shape}, expected {(len(MC_STATS), *sizes[j])}")
+            arrays[f"mc_{j}"] = m
         extras = dict(extras or {})
         if set(extras) != set(self.extras):
             raise ValueError(f"extras {sorted(extras)} != {sorted(self.extras)}")
@@ -661,17 +687,19 @@ class PoolWriter:
             attrs["logits_storage"] = self.logits_storage
         try:
             with atomic_path(self.path) as tmp, _h5_create(tmp, rdcc_nbytes=RDCC_NBYTES) as fh:
-                _write_pool_attrs(fh, self.class_names, self.ignore_index, attrs)
+                _write_pool_attrs(fh, self.class_names, self.ignore_index, attrs,
+                                  version=POOL_VERSION_MC if self.mc else POOL_VERSION)
                 ds = _create_pool_datasets(
                     fh, n=n, shape=(h, w), tile=chunk_tile(k, *self.hint), n_classes=k, storage=self.storage,
                     topk=self.topk, label_dtype=self.label_dtype if self.with_labels else None,
                     ignore_index=self.ignore_index, embedding_dims=self.embedding_dims,
-                    embedding_attrs=self.embedding_attrs,
+                    embedding_attrs=self.embedding_attrs, mc=self.mc,
                 )
                 if n:
                     ds["ids"][:] = np.asarray(self.written_ids, dtype=object)
                     ds["sizes"][:] = sizes.astype(np.int32)
-                images = {"logits": "logits", "topk_probs": "logits", "topk_classes": "classes", "labels": "labels"}
+                images = {"logits": "logits", "topk_probs": "logits", "topk_classes": "classes", "labels": "labels",
+                          "mc": "mc"}
                 row = 0
                 for seg, seg_sizes in zip(self._segments, self._sizes):
                     b = len(seg_sizes)
@@ -733,9 +761,10 @@ class PoolWriter:
         self.close(commit=exc_type is None)
 
 
-def _write_pool_attrs(fh: h5py.File, class_names: Sequence[str], ignore_index: int, attrs: Mapping[str, Any]) -> None:
+def _write_pool_attrs(fh: h5py.File, class_names: Sequence[str], ignore_index: int, attrs: Mapping[str, Any], *,
+                      version: int = POOL_VERSION) -> None:
     fh.attrs["format"] = POOL_FORMAT
-    fh.attrs["format_version"] = POOL_VERSION
+    fh.attrs["format_version"] = int(version)
     fh.attrs["class_names"] = json.dumps(list(class_names))
     fh.attrs["n_classes"] = len(class_names)
     fh.attrs["ignore_index"] = int(ignore_index)
@@ -748,10 +777,10 @@ def _write_pool_attrs(fh: h5py.File, class_names: Sequence[str], ignore_index: i
 def _create_pool_datasets(
     fh: h5py.File, *, n: int, shape: tuple[int, int], tile: tuple[int, int], n_classes: int, storage: str,
     topk: int, label_dtype, ignore_index: int, embedding_dims: Mapping[str, int],
-    embedding_attrs: Mapping[str, Mapping[str, Any]],
+    embedding_attrs: Mapping[str, Mapping[str, Any]], mc: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The empty datasets of a pool file (the one layout :class:`PoolWriter` and :func:`merge_pools` write):
-    name -> dataset, and ``"embeddings"`` -> {name: dataset}."""
+    name -> dataset, and ``"embeddings"`` -> {name: dataset}. ``mc`` ({T, scope}) adds ``/mc``."""
     (h, w), (ch, cw), k = shape, tile, n_classes
     out: dict[str, Any] = {}
     out["ids"] = fh.create_dataset("ids", shape=(n,), maxshape=(None,), dtype=STR_DTYPE, chunks=(1024,))
@@ -781,6 +810,17 @@ def _create_pool_datasets(
             chunks=(1, ch, cw), fillvalue=ignore_index, **COMPRESSION,
         )
         out["labels"].attrs["axes"] = "id,y,x"
+    if mc:
+        # the tile of /logits: an image's MC statistics lie in the same chunk grid as its logits
+        out["mc"] = fh.create_dataset(
+            "mc", shape=(n, len(MC_STATS), h, w), maxshape=(None, len(MC_STATS), None, None), dtype=np.float32,
+            chunks=(1, len(MC_STATS), ch, cw), fillvalue=0, **COMPRESSION,
+        )
+        out["mc"].attrs["axes"] = "id,stat,y,x"
+        out["mc"].attrs["stats"] = json.dumps(list(MC_STATS))
+        out["mc"].attrs["units"] = "nats, nats, fraction of passes"
+        out["mc"].attrs["T"] = int(mc["T"])
+        out["mc"].attrs["scope"] = str(mc["scope"])
     out["embeddings"] = {}
     if embedding_dims:
         grp = fh.create_group("embeddings")
@@ -792,6 +832,17 @@ def _create_pool_datasets(
                 e.attrs[key] = value
             out["embeddings"][name] = e
     return out
+
+
+def _mc_attrs(mc: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"T": int >= 1, "scope": str}`` of an MC-dropout run, checked."""
+    try:
+        t, scope = int(mc["T"]), str(mc["scope"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"mc must be {{'T': passes, 'scope': name}}, got {mc!r}") from None
+    if t < 1:
+        raise ValueError(f"mc T must be >= 1 passes, got {t}")
+    return {"T": t, "scope": scope}
 
 
 def _plain(obj: Any) -> Any:
@@ -920,6 +971,7 @@ class PoolReader:
     ``sizes`` (N,2): each image's (h, w) (all equal to the logits' (H, W) in a version-1 file);
     ``shape``: the largest (h, w); ``variable_size``: whether the images differ in size.
     ``logits_storage``: ``native``, ``topk:K`` or ``none`` (``infer --logits``); ``has_logits``: native.
+    ``has_mc``: holds ``/mc`` (``infer --mc T``; :meth:`iter_mc`), ``mc`` its ``{"T", "scope"}`` or None.
     """
 
     def __init__(self, path: str | os.PathLike, *, require_labels: bool = False, require_embeddings: Sequence[str] = ()):
@@ -1005,6 +1057,16 @@ class PoolReader:
         self.shape = tuple(int(s) for s in sizes.max(axis=0)) if n else full
         self.variable_size = bool(n) and bool((sizes != sizes[0]).any())
         self.has_labels = "labels" in self.fh
+        self.has_mc = "mc" in self.fh
+        self.mc = None
+        if self.has_mc:
+            ds = self.fh["mc"]
+            if tuple(ds.shape) != (n, len(MC_STATS), *full):
+                raise InputError(f"{path}: /mc has shape {ds.shape}, expected {(n, len(MC_STATS), *full)} like /logits")
+            stats = json.loads(_attr_text(ds.attrs, "stats", "[]"))
+            if stats != list(MC_STATS):
+                raise InputError(f"{path}: /mc holds the statistics {stats}, this alseg reads {list(MC_STATS)}")
+            self.mc = {"T": int(ds.attrs["T"]), "scope": str(_attr_text(ds.attrs, "scope"))}
         self.embedding_names = sorted(self.fh["embeddings"].keys()) if "embeddings" in self.fh else []
         self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in a.items()}
 
@@ -1050,6 +1112,19 @@ class PoolReader:
             batch_size, ("topk_probs", "topk_classes"), ids=ids, with_labels=with_labels, raw=True
         ):
             yield batch_ids, probs.astype(np.float32), classes.astype(np.int64), labels
+
+    def iter_mc(
+        self, batch_size: int = 16, *, ids: Sequence[str] | None = None
+    ) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Yield ``(ids, maps float32 (b,3,h,w))``: the per-pixel MC-dropout statistics of
+        :data:`MC_STATS` (H(p̄), mutual information H(p̄) − E, max_k V_k / T), batched and cropped as
+        :meth:`iter_batches` does. One line naming the file when it holds none."""
+        if not self.has_mc:
+            raise InputError(f"{self.path}: holds no MC-dropout statistics (/mc); run `alseg infer --mc T` "
+                             "(e.g. --mc 10) to write them")
+        # checked here, not at the first next(): callers learn of a pool without /mc before any progress
+        return ((batch_ids, maps) for batch_ids, maps, _ in self._iter_images(batch_size, ("mc",), ids=ids,
+                                                                              with_labels=False))
 
     def _iter_images(self, batch_size, names, *, ids, with_labels, raw=False):
         if batch_size < 1:
@@ -1383,6 +1458,7 @@ def merge_pools(
                 _refuse_difference(first, path, key, a, b)
             _refuse_difference(first, path, "fingerprint", _fingerprint_of(f0), _fingerprint_of(fh))
             _refuse_difference(first, path, "labels", readers[0].has_labels, reader.has_labels)
+            _refuse_difference(first, path, "MC statistics (infer --mc)", readers[0].mc, reader.mc)
             emb = {name: (ds.shape[1], _plain(dict(ds.attrs))) for name, ds in fh.get("embeddings", {}).items()}
             _refuse_difference(first, path, "embeddings", emb0, emb)
         ids = [i for r in readers for i in r.ids]
@@ -1395,7 +1471,7 @@ def merge_pools(
         sizes = np.concatenate([r.sizes for r in readers]) if ids else np.zeros((0, 2), dtype=np.int64)
         n = len(ids)
         r0 = readers[0]
-        image_names = [name for name in ("logits", "topk_probs", "topk_classes", "labels") if name in f0]
+        image_names = [name for name in ("logits", "topk_probs", "topk_classes", "labels", "mc") if name in f0]
         tile = tuple(f0[image_names[0]].chunks[-2:]) if image_names else (1, 1)
         h, w = (int(x) for x in sizes.max(axis=0)) if n else (1, 1)
         attrs = {k: _attr_text(f0.attrs, k) for k in f0.attrs
@@ -1407,12 +1483,13 @@ def merge_pools(
         attrs["merged_shards"] = json.dumps([p.name for p in paths])
         progress(0, n)
         with atomic_path(out_path) as tmp, _h5_create(tmp, rdcc_nbytes=RDCC_NBYTES) as out:
-            _write_pool_attrs(out, r0.class_names, r0.ignore_index, attrs)
+            _write_pool_attrs(out, r0.class_names, r0.ignore_index, attrs,
+                              version=POOL_VERSION_MC if r0.has_mc else POOL_VERSION)
             ds = _create_pool_datasets(
                 out, n=n, shape=(h, w), tile=tile, n_classes=r0.n_classes, storage=r0.storage, topk=r0.topk,
                 label_dtype=f0["labels"].dtype if "labels" in f0 else None, ignore_index=r0.ignore_index,
                 embedding_dims={k: d for k, (d, _) in emb0.items()},
-                embedding_attrs={k: dict(f0["embeddings"][k].attrs) for k in emb0},
+                embedding_attrs={k: dict(f0["embeddings"][k].attrs) for k in emb0}, mc=r0.mc,
             )
             if n:
                 ds["ids"][:] = np.asarray(ids, dtype=object)

@@ -8,6 +8,12 @@ Sharding (``docs/scale.md``): with ``shard=(i, n)``, or under torchrun (its ``RA
 process infers the i-th of n contiguous blocks of whole batches of the id list into
 ``<stem>.shard-i-of-n.h5``; under torchrun rank 0 then merges the shards into ``out_path``. The fused
 path (``scores``) scores each batch on the device (:mod:`alseg.fused`) and writes a scores file.
+
+MC dropout (``mc=T``, docs/algorithms.md §11.7): after the deterministic pass (stored as always), T passes
+with dropout active in ``mc_scope`` (``head``: the backbone's features are reused and only the decode head
+runs T times; ``full``: the whole model) feed running sums (:class:`alseg.mc.MCSums`); the pool file gets
+``/mc``, three statistics per pixel, whatever T. Each batch's dropout masks come from a generator seeded by
+(``mc_seed``, the batch's first row in the id list), so a resumed or sharded run writes the same numbers.
 """
 
 from __future__ import annotations
@@ -54,6 +60,9 @@ class InferResult:
     shards: list[str] = field(default_factory=list)  # the shard files merged into out_path (torchrun)
     scores_path: Path | None = None
     scores: list[str] = field(default_factory=list)
+    mc: int = 0  # MC-dropout passes (0: none)
+    mc_scope: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def torchrun_env() -> tuple[int, int, int] | None:
@@ -104,6 +113,17 @@ def _forward(model, batch: dict, taps, names: Sequence[str], *, resolution: str,
     ``whole`` inference runs the decode head once (taps capture its features); ``slide`` inference (as in
     mmseg's DRIVE/HRF configs) gives logits at input size only, and no embeddings.
     """
+    logits, labels, embs, _ = _forward_mc(model, batch, taps, names, resolution=resolution, with_labels=with_labels,
+                                          ignore=ignore)
+    return logits, labels, embs
+
+
+def _forward_mc(model, batch: dict, taps, names: Sequence[str], *, resolution: str, with_labels: bool, ignore: int,
+                mc: tuple[int, str, Any] | None = None):
+    """:func:`_forward`, and with ``mc`` = (T, scope, sums dtype) also per image the (3,h,w) float32 MC
+    statistics (:func:`alseg.mc.mc_maps`) of T passes with dropout active in ``scope`` (else None), on the
+    logits' grid. ``head`` reuses the backbone's features of the deterministic pass; ``slide`` inference
+    runs whole passes (dropout still only in scope)."""
     import math
 
     import torch
@@ -115,20 +135,44 @@ def _forward(model, batch: dict, taps, names: Sequence[str], *, resolution: str,
     sizes = [tuple(int(s) for s in x.shape[-2:]) for x in batch["inputs"]]  # before any test-time padding
     embs: dict = {}
     align = bool(getattr(model.decode_head, "align_corners", False))
-    if _slide(model):
+    slide = _slide(model)
+    feats = None
+    if slide:
         logits = model.slide_inference(inputs, [s.metainfo for s in samples])
     else:
-        logits = model.decode_head.forward(model.extract_feat(inputs))
+        feats = model.extract_feat(inputs)
+        logits = model.decode_head.forward(feats)
         embs = {k: v.numpy() for k, v in taps.embeddings(names).items()}
         taps.captured.clear()
         if resolution == "full" and tuple(logits.shape[-2:]) != (big_h, big_w):
             logits = F.interpolate(logits, size=(big_h, big_w), mode="bilinear", align_corners=align)
     lh, lw = (int(s) for s in logits.shape[-2:])
     logits = logits.float()  # stays on the device: the caller copies what it stores
-    out_logits, out_labels = [], []
+    maps = None
+    if mc is not None:
+        from alseg.mc import MCSums, dropout_scope, mc_maps
+
+        n_passes, scope, dtype = mc
+        sums = MCSums(dtype)
+        with dropout_scope(model, scope):
+            for _ in range(n_passes):
+                if slide:
+                    x = model.slide_inference(inputs, [s.metainfo for s in samples])
+                else:
+                    x = model.decode_head.forward(feats if scope == "head" else model.extract_feat(inputs))
+                    if tuple(x.shape[-2:]) != (lh, lw):
+                        x = F.interpolate(x, size=(lh, lw), mode="bilinear", align_corners=align)
+                sums.add(torch.softmax(x.float(), dim=1))
+        taps.captured.clear()
+        maps = mc_maps(sums)
+        del sums
+    del feats
+    out_logits, out_labels, out_mc = [], [], []
     for i, (h, w) in enumerate(sizes):
         vh, vw = min(lh, math.ceil(lh * h / big_h)), min(lw, math.ceil(lw * w / big_w))
         out_logits.append(logits[i, :, :vh, :vw])
+        if maps is not None:
+            out_mc.append(maps[i, :, :vh, :vw])
         if with_labels:
             from alseg.labels import labels_on_grid
 
@@ -145,7 +189,7 @@ def _forward(model, batch: dict, taps, names: Sequence[str], *, resolution: str,
                 mask = labels_on_grid(mask, (vh, vw))
             mask[(mask < 0) | (mask > max(ignore, 255))] = ignore
             out_labels.append(mask.cpu().numpy())
-    return out_logits, (out_labels if with_labels else None), embs
+    return out_logits, (out_labels if with_labels else None), embs, (out_mc if mc is not None else None)
 
 
 def _sha256_json(obj: Any) -> str:
@@ -184,6 +228,9 @@ def infer(
     calibration_path: str | os.PathLike | None = None,
     aggregation: str = "mean",
     q: float = 10.0,
+    mc: int = 0,
+    mc_scope: str = "head",
+    mc_seed: int = 0,
 ) -> InferResult:
     """Write logits (float16, at the decode head's output resolution, or the input size with
     ``resolution="full"``), optional labels (each logit cell takes the mask's label at the cell centre,
@@ -205,7 +252,17 @@ def infer(
     ``none``. ``scores`` (names of :data:`alseg.fused.FUSED_SCORES`) are computed on the device per
     batch and written to ``scores_out_path`` in the format of ``alseg score`` (``crc`` needs
     ``calibration_path``; ``aggregation``, ``q`` as in ``score``).
+    ``mc=T`` (>= 1) also writes ``/mc``: per pixel H(p̄), H(p̄) − E and max_k V_k / T of T MC-dropout passes
+    with dropout active in ``mc_scope`` (``head`` or ``full``, :func:`alseg.mc.dropout_scope`), from
+    generators seeded by ``mc_seed`` and each batch's first row; the result warns when no dropout layer is
+    in scope (every pass then equals the deterministic one).
     """
+    from alseg.registry import MC_SCOPES
+
+    if int(mc) != mc or mc < 0:
+        raise InputError(f"--mc: {mc!r} is not a number of MC-dropout passes >= 0 (0: none; e.g. --mc 10)")
+    if mc_scope not in MC_SCOPES:
+        raise InputError(f"--mc-scope: unknown {mc_scope!r}; choose one of: {', '.join(MC_SCOPES)}")
     env = torchrun_env()
     if env is not None and shard is not None:
         raise InputError("--shard and torchrun both split the id list; drop --shard under torchrun")
@@ -213,13 +270,14 @@ def infer(
         checkpoint_path=checkpoint_path, ids_path=ids_path, data_root=data_root, batch_size=batch_size,
         with_labels=with_labels, embeddings=embeddings, resolution=resolution, overwrite=overwrite, resume=resume,
         split=split, cfg_options=cfg_options, progress=progress, logits=logits, scores=scores,
-        calibration_path=calibration_path, aggregation=aggregation, q=q,
+        calibration_path=calibration_path, aggregation=aggregation, q=q, mc=int(mc), mc_scope=mc_scope,
+        mc_seed=int(mc_seed),
     )
     if (scores_out_path is None) != (not scores):
         raise InputError("--scores and --scores-out go together: name the scores and the file to write them to")
     if scores_out_path is not None and Path(scores_out_path).resolve() == Path(out_path).resolve():
         raise InputError(f"{scores_out_path}: --scores-out and --out name one file; give the scores their own")
-    if logits.strip() == "none" and not scores and not embeddings:
+    if logits.strip() == "none" and not scores and not embeddings and not mc:
         raise InputError("--logits none keeps no model output: add --scores (and --scores-out) or --embeddings")
     if env is None:
         if shard is None:
@@ -354,6 +412,9 @@ def _infer_one(
     calibration_path: str | os.PathLike | None,
     aggregation: str,
     q: float,
+    mc: int = 0,
+    mc_scope: str = "head",
+    mc_seed: int = 0,
 ) -> InferResult:
     """One process's part: the whole id list, or one shard of it, into ``out_path``."""
     start = time.perf_counter()
@@ -417,6 +478,8 @@ def _infer_one(
     )
     if shard is not None:  # new keys only where used: older partial folders still resume
         fingerprint["shard"] = list(shard)
+    if mc:  # the dropout masks follow (mc_seed, row): a resumed run must use the same
+        fingerprint["mc"] = dict(T=mc, scope=mc_scope, seed=mc_seed)
     if score_names:
         fingerprint["scores"] = dict(names=score_names, aggregation=aggregation, q=float(q),
                                      calibration_sha256=None if calibration is None else sha256_file(calibration_path))
@@ -438,6 +501,23 @@ def _infer_one(
     import numpy as np
     import torch
 
+    warnings: list[str] = []
+    mc_plan = None
+    if mc:
+        from alseg.mc import dropout_scope
+
+        with dropout_scope(model, mc_scope) as active:
+            pass
+        if not active:
+            where = "model.decode_head" if mc_scope == "head" else "the model"
+            warnings.append(
+                f"--mc {mc} --mc-scope {mc_scope}: no dropout layer with p > 0 in {where} of {config_path}, so every "
+                "pass equals the deterministic one (BALD = 0); enable one, e.g. --cfg-options "
+                "model.decode_head.dropout_ratio=0.1")
+        # float64 sums; MPS has no float64
+        mc_plan = (mc, mc_scope, torch.float32 if torch_device.type == "mps" else torch.float64)
+    first_row = 0 if shard is None else shard_rows(len(all_ids), batch_size, shard).start
+
     attrs = dict(
         resolution=resolution,
         model_config_sha256=mm.model_config_sha256(cfg),
@@ -451,20 +531,26 @@ def _infer_one(
     if shard is not None:
         attrs.update(shard=f"{shard[0]}/{shard[1]}", fingerprint=json.dumps(fingerprint, sort_keys=True, default=str))
 
-    def run(batch: dict):
-        """Per image logits (device tensors)/labels and per batch embeddings, one input size at a time."""
+    def run(batch: dict, row: int | None = None):
+        """Per image logits (device tensors)/labels and per batch embeddings, one input size at a time; with
+        ``row`` (the batch's first row in the id list) and MC, also per image MC maps (host arrays)."""
         logits, labels, embs = [None] * len(batch["inputs"]), [None] * len(batch["inputs"]), {}
-        for group in _same_size_groups(batch):
-            sub = {key: [batch[key][i] for i in group] for key in ("inputs", "data_samples")}
-            g_logits, g_labels, g_embs = _forward(
-                model, sub, taps, names, resolution=resolution, with_labels=with_labels, ignore=ignore
-            )
-            for j, i in enumerate(group):
-                logits[i] = g_logits[j]
-                labels[i] = None if g_labels is None else g_labels[j]
-            for key, value in g_embs.items():
-                embs.setdefault(key, np.zeros((len(logits), value.shape[1]), dtype=np.float32))[group] = value
-        return logits, (labels if with_labels else None), embs
+        maps: list | None = [None] * len(logits) if mc_plan is not None and row is not None else None
+        with _mc_generator(torch_device, mc_seed, row) if maps is not None else contextlib.nullcontext():
+            for group in _same_size_groups(batch):
+                sub = {key: [batch[key][i] for i in group] for key in ("inputs", "data_samples")}
+                g_logits, g_labels, g_embs, g_maps = _forward_mc(
+                    model, sub, taps, names, resolution=resolution, with_labels=with_labels, ignore=ignore,
+                    mc=mc_plan if maps is not None else None,
+                )
+                for j, i in enumerate(group):
+                    logits[i] = g_logits[j]
+                    labels[i] = None if g_labels is None else g_labels[j]
+                    if maps is not None:
+                        maps[i] = g_maps[j].cpu().numpy()
+                for key, value in g_embs.items():
+                    embs.setdefault(key, np.zeros((len(logits), value.shape[1]), dtype=np.float32))[group] = value
+        return logits, (labels if with_labels else None), embs, maps
 
     with torch.inference_mode(), mm.FeatureTaps(model) as taps:
         # One image tells the embedding sizes and the chunk tile: the id list's first, in every shard, so
@@ -477,7 +563,7 @@ def _infer_one(
             taps.captured.clear()
         else:
             dims, emb_attrs = {}, {}
-        first, _, _ = run(probe)
+        first, _, _, _ = run(probe)
         shape = tuple(int(s) for s in first[0].shape[-2:])
         del first, probe
         scorer = None
@@ -494,6 +580,7 @@ def _infer_one(
             out_path, class_names=class_names, logits_shape=shape, ignore_index=ignore, with_labels=with_labels,
             embedding_dims=dims, embedding_attrs=emb_attrs, attrs=attrs, overwrite=overwrite, resume=resume,
             fingerprint=fingerprint, logits_storage=logits, extras=scorer.extras if scorer else None,
+            mc=dict(T=mc, scope=mc_scope) if mc else None,
         )
         with writer:
             n_resumed = len(writer.written_ids)
@@ -509,8 +596,8 @@ def _infer_one(
             for batch in loader:
                 b = len(batch["inputs"])
                 batch_ids = todo[pos : pos + b]
+                batch_logits, labels, embs, maps = run(batch, first_row + n_resumed + pos)
                 pos += b
-                batch_logits, labels, embs = run(batch)
                 extras = scorer(batch_ids, batch_logits) if scorer else None
                 stored, classes, sizes = _stored(batch_logits, storage, writer.topk)
                 if stored is not None and len({x.shape for x in stored}) == 1:  # one size: the (b,K,h,w) path
@@ -518,7 +605,7 @@ def _infer_one(
                     classes = None if classes is None else np.stack(classes)
                     labels = None if labels is None else np.stack(labels)
                 writer.append(batch_ids, stored, labels=labels, embeddings=embs, topk_classes=classes,
-                              sizes=sizes, extras=extras)
+                              sizes=sizes, extras=extras, mc_maps=maps)
                 progress(b, None)
             # Rows follow the id list, resumed or not: finished batches are a prefix of it.
             writer.close(commit=True, keep_partial=True)
@@ -539,6 +626,9 @@ def _infer_one(
         shard=None if shard is None else f"{shard[0]}/{shard[1]}",
         scores_path=scores_out_path,
         scores=score_names,
+        mc=mc,
+        mc_scope=mc_scope if mc else None,
+        warnings=warnings,
     )
     with removed_on_failure(out_path, *([scores_out_path] if scores_out_path else [])):
         # the partial folder stays until here: --resume assembles the files again
@@ -560,6 +650,8 @@ def _infer_one(
                         scores_out_path=None if scores_out_path is None else str(scores_out_path),
                         calibration_path=None if calibration_path is None else str(calibration_path),
                         aggregation=aggregation, q=q)
+        if mc:
+            args.update(mc=mc, mc_scope=mc_scope, mc_seed=mc_seed)
         for path in [out_path, scores_out_path] if scorer is not None else [out_path]:
             write_manifest(
                 path,
@@ -572,6 +664,25 @@ def _infer_one(
             )
     writer.discard_partial()
     return result
+
+
+@contextlib.contextmanager
+def _mc_generator(torch_device, seed: int, row: int):
+    """Within: torch's global generators (CPU and ``torch_device``'s, which dropout draws from) seeded by
+    (``seed``, ``row``); restored on exit. One batch's masks thus depend on its place in the id list only."""
+    import numpy as np
+    import torch
+
+    kind = torch_device.type
+    if kind == "cpu":
+        devices, device_type = [], "cuda"  # no accelerator state to save
+    elif kind == "cuda":  # only this rank's device (torchrun: one per process)
+        devices, device_type = [torch.cuda.current_device() if torch_device.index is None else torch_device.index], kind
+    else:
+        devices, device_type = None, kind
+    with torch.random.fork_rng(devices=devices, device_type=device_type):
+        torch.manual_seed(int(np.random.SeedSequence([int(seed), int(row)]).generate_state(1, np.uint64)[0] >> 1))
+        yield
 
 
 def _stored(batch_logits, storage: str, topk: int):
