@@ -223,7 +223,8 @@ def register_subset() -> str:
         return SUBSET_TYPE
 
     class AlsegSubset:
-        """The samples of ``dataset`` whose ids are listed in ``ids_file``, through the dataset's own pipeline.
+        """The samples of ``dataset`` whose ids are listed in ``ids_file`` (an id list, or a labelled-state
+        file: every image it names), through the dataset's own pipeline.
 
         Wrappers are unwrapped (an infinite sampler makes ``RepeatDataset`` moot). A sample whose pipeline
         returns ``None`` is replaced by another listed sample, never by an unlisted one. Under DDP mmengine's
@@ -231,9 +232,9 @@ def register_subset() -> str:
         """
 
         def __init__(self, dataset: dict, ids_file: str, split: str = "train", seed: int = 0, lazy_init: bool = False):
-            from alseg.files.idlist import read_ids
+            from alseg.partial import read_labels
 
-            ids = read_ids(ids_file)
+            ids = read_labels(ids_file)[0].ids  # an id list, or every image of a labelled-state file
             if not ids:
                 raise InputError(f"{ids_file}: the id list is empty")
             self.index = build_index(None, split, keep_pipeline=True, dataset_cfg=dataset)

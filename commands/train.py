@@ -7,17 +7,19 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
+from alseg.annotate import ANNOTATION_MODES
 from alseg.stages.train import LAUNCHERS
 
 from alseg.commands._console import err, out, print_json, progress_bar
 from alseg.commands._errors import cli_errors
-from alseg.commands._options import CfgOptions, Config, DataRoot, Device, Json, Labeled, Overwrite, Quiet, Seed
+from alseg.commands._options import CfgOptions, Config, DataRoot, Device, Json, Overwrite, Quiet, Seed
 
 
 @cli_errors
 def main(
     config: Config,
-    labeled: Labeled,
+    labeled: Annotated[Path, typer.Option("--labeled", help="Labeled id list (one id per line), or a labelled-state "
+                                          "file (alseg.labelled JSONL: whole images and regions).")],
     work_dir: Annotated[Path, typer.Option("--out", help="Output folder: checkpoint.pth (+ checkpoint.json), metrics.json, manifest.json.")],
     data_root: DataRoot = None,
     val_ids: Annotated[Optional[Path], typer.Option("--val-ids", help="Validate on these ids of the val split only (default: the whole val split).")] = None,
@@ -29,14 +31,21 @@ def main(
     launcher: Annotated[Literal[LAUNCHERS], typer.Option("--launcher", help="How the processes were started: auto (pytorch when "
                                           "torchrun's RANK/WORLD_SIZE/LOCAL_RANK are set, else none), none (one "
                                           "process), pytorch (torchrun) or slurm (srun, CUDA).")] = "auto",
+    annotation: Annotated[Literal[ANNOTATION_MODES], typer.Option("--annotation", help="How labelled regions are "
+                          "annotated (simulated from the ground truth): precise (ground truth inside the region) or "
+                          "dominant (the region's majority class, one click). Unlabelled pixels get the ignore index.")] = "precise",
+    region_maps: Annotated[str, typer.Option("--region-maps", help="Region-map stores of the superpixel units, "
+                           "comma-separated (e.g. pool.regions-superpixel-500.h5). Default: computed into "
+                           "OUT/train.regions-<unit>.h5.")] = "",
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     json: Json = False,
 ) -> None:
     """Train a segmentation model on exactly the labeled ids; evaluate on the val split.
 
-    Reads: CONFIG, the --labeled id list (ids of the config's train split; `alseg ids CONFIG` lists them),
-    images and masks under --data-root, the config's val split.
+    Reads: CONFIG, the --labeled id list (ids of the config's train split; `alseg ids CONFIG` lists them)
+    or labelled-state file (images labelled in regions train on those regions only), images and masks under
+    --data-root, the config's val split, --region-maps.
     Writes: OUT/checkpoint.pth (weights, read with torch.load(weights_only=True)) and checkpoint.json,
     OUT/metrics.json (mIoU in percent), OUT/manifest.json.
 
@@ -55,13 +64,15 @@ def main(
         result = train(
             config, labeled_path=labeled, work_dir=work_dir, data_root=data_root, val_ids_path=val_ids,
             device=device, seed=seed, max_iters=max_iters, batch_size=batch_size, overwrite=overwrite,
-            cfg_options=options, progress=progress, launcher=launcher,
+            cfg_options=options, progress=progress, launcher=launcher, annotation=annotation,
+            region_maps=[Path(p.strip()) for p in region_maps.split(",") if p.strip()],
         )
     if result is None:
         return
     from rich.table import Table
 
-    table = Table(title=f"train: {result.n_labeled} labeled, {result.iterations} iterations, {result.seconds:.0f} s")
+    partly = "" if result.annotation is None else f" ({result.labelled_percent:.1f}% of pixels, {result.annotation})"
+    table = Table(title=f"train: {result.n_labeled} labeled{partly}, {result.iterations} iterations, {result.seconds:.0f} s")
     table.add_column("class")
     table.add_column("IoU %", justify="right")
     for name, iou in result.per_class_iou.items():

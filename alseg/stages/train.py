@@ -1,10 +1,17 @@
 """Stage ``train``: fit an mmseg model on exactly the labeled ids, evaluate on the val split.
 
-Reads: an mmseg config, the labeled id list (a subset of the config's train split), images and masks
-under ``data_root``, the config's val split (or a subset of it). Writes into ``work_dir``: ``checkpoint.pth`` (final weights,
+Reads: an mmseg config, the labeled id list (a subset of the config's train split) or a labelled-state file
+(:mod:`alseg.files.labelled`: whole images and regions), images and masks under ``data_root``, region-map
+stores for superpixel units, the config's val split (or a subset of it). Writes into ``work_dir``: ``checkpoint.pth`` (final weights,
 a plain dict of tensors that ``torch.load(weights_only=True)`` reads) with ``checkpoint.json`` beside it (class
 names, palette, iteration; see :mod:`alseg.files.checkpoint`), ``metrics.json`` (format ``alseg.metrics``) and
 ``manifest.json``; mmengine adds its own timestamped log folder.
+
+Partial labels (docs/regions.md, "Training on partial labels"): an image labelled in regions is trained on
+the union of its regions, annotated ``precise`` or ``dominant``, and the dataset's ignore index elsewhere,
+through the transform of :mod:`alseg.partial` inserted after ``LoadAnnotations``. Superpixel maps come from
+the ``region_maps`` stores, or are computed into ``work_dir/train.regions-<unit>.h5``. ``metrics.json``
+records the annotation and the labelled pixel count under ``labels``.
 
 Checkpoints the config makes mmengine load (``load_from``, ``Pretrained`` init) are read first through alseg's
 safe loader, before anything is written; a work dir this call created is removed again when it fails.
@@ -34,7 +41,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from alseg.errors import DeviceError, InputError, OutputExistsError, UnknownName
 from alseg.files.atomic import check_not_input, write_text_atomic
@@ -59,6 +66,9 @@ class TrainResult:
     best_miou: float
     per_class_iou: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
+    annotation: str | None = None  # precise|dominant when some image is labelled in regions, else None
+    labelled_pixels: int = 0  # pixels inside labelled regions plus every pixel of fully labelled images
+    labelled_percent: float = 100.0  # of all pixels of the labelled images
 
 
 LAUNCHERS = ("auto", "none", "pytorch", "slurm")
@@ -251,6 +261,8 @@ def train(
     cfg_options: Mapping[str, Any] | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     launcher: str = "auto",
+    annotation: str = "precise",
+    region_maps: Sequence[str | os.PathLike] = (),
 ) -> TrainResult | None:
     """Train the config's model on the ids in ``labeled_path``; see the module docstring for files.
 
@@ -261,6 +273,10 @@ def train(
     and wrappers; see :mod:`alseg.dataset`) and trained on through its train pipeline. Validation uses the
     config's val split, or only the ids of ``val_ids_path`` (which must be in that split).
     ``max_iters``/``batch_size`` override the config; ``cfg_options`` are dotted-key overrides applied first.
+
+    ``labeled_path`` may be a labelled-state file: images labelled in regions are trained on their regions
+    only, annotated by ``annotation`` (``precise``|``dominant``); superpixel units need their maps, from the
+    ``region_maps`` stores or computed here (see the module docstring).
     """
     start = time.perf_counter()
     launch = detect_launch(launcher)
@@ -270,14 +286,20 @@ def train(
     checkpoint_path = work_dir / "checkpoint.pth"
     metrics_path = work_dir / "metrics.json"
     # what train writes must not be what it reads (a work dir named like the labeled list, or the data root)
+    region_maps = [Path(p) for p in (region_maps or ())]
     check_not_input([work_dir, checkpoint_path, metrics_path, work_dir / "manifest.json", work_dir / "checkpoint.json"],
-                    [config_path, labeled_path, val_ids_path, data_root])
+                    [config_path, labeled_path, val_ids_path, data_root, *region_maps])
     blocked = next((p for p in (work_dir, *work_dir.parents) if p.exists() and not p.is_dir()), None)
     if blocked is not None:
         raise InputError(f"{blocked}: is a file; --out must be a folder (or a path alseg can create)")
     if checkpoint_path.exists() and not overwrite:
         raise OutputExistsError(f"{checkpoint_path}: output exists; pass --overwrite to replace it")
-    labeled = read_ids(labeled_path)
+    from alseg import partial
+
+    partial.check_annotation(annotation)
+    state, is_state = partial.read_labels(labeled_path)  # a plain id list reads exactly as before
+    labeled = state.ids
+    n_partial = len(labeled) - len(state.full_ids)
     if not labeled:
         raise InputError(f"{labeled_path}: the labeled id list is empty; label some images first (e.g. select --strategy random)")
     if max_iters is not None and max_iters < 1:
@@ -304,6 +326,13 @@ def train(
     train_index.locate(labeled, str(labeled_path))
     train_index.check_files(labeled, masks=True, source=str(labeled_path))
     cfg.train_dataloader.dataset = D.subset_config(cfg.train_dataloader.dataset, labeled_path, "train", seed)
+    stores = partial.open_stores(region_maps)  # each must be a region-map store, used or not
+    if n_partial:
+        head_ignore = int(cfg.model.decode_head.get("ignore_index", 255))
+        if head_ignore != train_index.ignore_index:
+            raise InputError(f"{mm.find_config(config_path)}: the dataset's ignore_index is {train_index.ignore_index} "
+                             f"but model.decode_head.ignore_index is {head_ignore}; partial labels need them equal "
+                             "(else unlabelled pixels are trained on)")
     if not cfg.get("val_dataloader"):
         raise InputError(f"{config_path}: the config has no val_dataloader; alseg train evaluates on it")
     if val_ids_path is not None:
@@ -344,10 +373,12 @@ def train(
     if launch.distributed:
         _setup_distributed(cfg, launch, torch_device)  # before any rank creates the work dir
     work_dir.mkdir(parents=True, exist_ok=True)
+    labels = _prepare_labels(cfg, state, train_index, stores, labeled_path=labeled_path, annotation=annotation,
+                             is_state=is_state, work_dir=work_dir, launch=launch)
     result = _run(cfg, config_path=config_path, labeled_path=labeled_path, work_dir=work_dir, data_root=data_root,
                   val_ids_path=val_ids_path, seed=seed, cfg_options=cfg_options, progress=progress, launch=launch,
                   torch_device=torch_device, names=names, n_val=n_val, n_labeled=len(labeled), total=total,
-                  start=start)
+                  start=start, labels=labels, annotation=annotation, region_maps=region_maps)
     if launch.distributed:
         import torch.distributed as dist
 
@@ -356,9 +387,55 @@ def train(
     return result
 
 
+def _prepare_labels(cfg, state, train_index, stores: Mapping[str, Path], *, labeled_path, annotation: str,
+                    is_state: bool, work_dir: Path, launch: Launch) -> dict[str, Any]:
+    """Resolve and count the labelled pixels (a bad region fails here, in one line naming the labelled
+    file), compute missing superpixel maps (rank 0; the others wait) and, when some image is labelled in
+    regions, insert the partial-label transform into the train pipeline. Returns ``metrics.json``'s
+    ``labels`` record."""
+    from alseg import partial
+    from alseg.files.labelled import FULL
+
+    n_partial = sum(1 for units in state.images.values() if FULL not in units)
+    region_maps: dict[str, Any] = {}
+    if n_partial:
+        image_path = lambda i: train_index.data_info(i)["img_path"]  # noqa: E731
+        if launch.is_main:
+            region_maps = partial.ensure_superpixel_stores(state, stores, work_dir, image_path)
+        if launch.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()  # rank 0 has written the computed maps
+            if not launch.is_main:
+                region_maps = partial.ensure_superpixel_stores(state, stores, work_dir, image_path, compute=False)
+    lookup = partial.StoreLookup({u: r["path"] for u, r in region_maps.items()})
+    try:
+        count = partial.count_labels(state, lambda i: train_index.data_info(i)["seg_map_path"], lookup,
+                                     str(labeled_path))
+    finally:
+        lookup.close()
+    if n_partial:
+        partial.insert_transform(
+            cfg.train_dataloader.dataset, train_index.leaves, labelled_file=str(Path(labeled_path).resolve()),
+            annotation=annotation, region_maps={u: str(Path(r["path"]).resolve()) for u, r in region_maps.items()},
+            ignore_index=train_index.ignore_index)
+    return {
+        "source": "labelled state" if is_state else "id list",
+        "annotation": annotation if n_partial else None,
+        "n_full": count.n_full,
+        "n_partial": count.n_partial,
+        "regions": count.per_unit,
+        "labelled_pixels": count.labelled_pixels,
+        "image_pixels": count.image_pixels,
+        "labelled_percent": count.labelled_percent,
+        "ignore_index": train_index.ignore_index,
+        "region_maps": region_maps,
+    }
+
+
 def _run(cfg, *, config_path, labeled_path, work_dir: Path, data_root, val_ids_path, seed: int, cfg_options,
          progress, launch: Launch, torch_device, names: list[str], n_val: int, n_labeled: int, total: int,
-         start: float) -> TrainResult | None:
+         start: float, labels: dict[str, Any], annotation: str, region_maps: Sequence[Path]) -> TrainResult | None:
     """Build mmengine's runner, train, and (on rank 0) write the checkpoint, metrics and manifest."""
     from mmengine.model import is_model_wrapper
     from mmengine.runner import Runner
@@ -415,6 +492,7 @@ def _run(cfg, *, config_path, labeled_path, work_dir: Path, data_root, val_ids_p
         "history": history,
         "class_names": names,
         "n_labeled": n_labeled,
+        "labels": labels,
         "n_val": n_val,
         "iterations": int(runner.iter),
     }
@@ -431,6 +509,9 @@ def _run(cfg, *, config_path, labeled_path, work_dir: Path, data_root, val_ids_p
         best_miou=best["mIoU"] if best["mIoU"] is not None else float("nan"),
         per_class_iou=final["per_class_iou"],
         device=str(torch_device),
+        annotation=labels["annotation"],
+        labelled_pixels=labels["labelled_pixels"],
+        labelled_percent=labels["labelled_percent"],
     )
     write_manifest(
         work_dir,
@@ -441,9 +522,11 @@ def _run(cfg, *, config_path, labeled_path, work_dir: Path, data_root, val_ids_p
             val_ids_path=None if val_ids_path is None else str(val_ids_path), device=str(torch_device),
             seed=seed, max_iters=int(cfg.train_cfg.max_iters), batch_size=int(cfg.train_dataloader.batch_size),
             cfg_options=dict(cfg_options or {}), launcher=launch.launcher, world_size=launch.world_size,
+            annotation=annotation, region_maps=[str(p) for p in region_maps],
         ),
-        inputs=[mm.find_config(config_path), labeled_path, val_ids_path],
-        outputs=[checkpoint_path, sidecar_path(checkpoint_path), metrics_path],
+        inputs=[mm.find_config(config_path), labeled_path, val_ids_path, *region_maps],
+        outputs=[checkpoint_path, sidecar_path(checkpoint_path), metrics_path,
+                 *(Path(r["path"]) for r in labels["region_maps"].values() if r["source"] == "computed")],
         seconds=seconds,
         result=result,
     )
