@@ -20,9 +20,14 @@ _STRATEGY_HELP = "One of: " + ", ".join(STRATEGIES) + " (docs/algorithms.md give
 @cli_errors
 def main(
     strategy: Annotated[Literal[tuple(STRATEGIES)], typer.Option("--strategy", "-s", metavar="NAME", help=_STRATEGY_HELP)],
-    budget: Annotated[int, typer.Option(help="Number of images to select.")],
-    labeled: Annotated[Path, typer.Option(help="Labeled id list; these ids are never selected (may be empty).")],
-    out_path: Annotated[Path, typer.Option("--out", help="Where to write the selected ids, in rank order.")],
+    labeled: Annotated[Path, typer.Option(help=(
+        "Labeled id list; these ids are never selected (may be empty). With --unit patch/superpixel/pixel also a "
+        "labelled-state file (.jsonl, docs/regions.md): labelled regions are never offered again."))],
+    out_path: Annotated[Path, typer.Option("--out", help=(
+        "Where to write the selected ids, in rank order; with a region --unit, a labelled-state file (.jsonl) of "
+        "the new regions."))],
+    budget: Annotated[Optional[int], typer.Option(help=(
+        "Number of images to select; with a region --unit, the number of regions (pixels for pixel:P)."))] = None,
     pool: Annotated[Optional[Path], typer.Option(help="Pool file from `alseg infer` (logits, embeddings).")] = None,
     scores: Annotated[Optional[Path], typer.Option(help="Scores file from `alseg score` (else computed from --pool).")] = None,
     pool_ids: Annotated[Optional[Path], typer.Option(
@@ -51,8 +56,46 @@ def main(
         + ". top = the highest; power/softmax/softrank sample without replacement (Kirsch et al. 2023), seeded."))
     ] = "top",
     beta: Annotated[float, typer.Option(help="Sampler temperature: larger is closer to top.")] = 1.0,
+    oracle: Annotated[bool, typer.Option(help=(
+        "random-stratified: strata from ground-truth class counts (--pool from `infer --with-labels`). "
+        "For experiments only: outputs say 'oracle'."))] = False,
+    round_: Annotated[Optional[str], typer.Option("--round", metavar="t/T", help=(
+        "clasp: query round t of T; sets beta = 1 x 100^((t-1)/(T-1)) (ClaSP PE's schedule). `alseg run` passes it."))
+    ] = None,
+    exclude_classes: Annotated[Optional[str], typer.Option(metavar="NAMES", help=(
+        "random-stratified, clasp: classes that get no stratum, names or indices, comma-separated; 'none' for "
+        "none (default: a class named background)."))] = None,
+    min_count: Annotated[int, typer.Option(help="random-stratified: cells of a class that put an image in its stratum.")] = 1,
+    class_share: Annotated[float, typer.Option(help="clasp: share of the budget split over the class strata.")] = 0.66,
+    unit: Annotated[str, typer.Option(metavar="UNIT", help=(
+        "What one query is: image (default, whole images), patch:S (S x S tiles at original size), superpixel:N "
+        "(SLIC, about N per image; maps stored beside --pool and reused) or pixel:P (the P best pixels per "
+        "image). Region units take entropy, margin, least-confidence or random. docs/regions.md."))] = "image",
+    budget_pixels: Annotated[Optional[str], typer.Option(metavar="P%|COUNT", help=(
+        "Region units: budget in labelled pixels at original resolution, a percentage of all pool pixels (2%) "
+        "or a count. Instead of --budget; never exceeded."))] = None,
+    budget_clicks: Annotated[Optional[int], typer.Option(metavar="N", help=(
+        "Region units: budget in estimated annotation clicks (Cai et al. 2021, docs/regions.md), counted on "
+        "the dataset's label maps at original resolution (simulation). Instead of --budget; never exceeded."))
+    ] = None,
+    region_reduction: Annotated[str, typer.Option(metavar="HOW", help=(
+        "Region units: how a region's score reduces its pixel scores: mean, sum, max or top-q (with --q)."))
+    ] = "mean",
+    max_per_image: Annotated[Optional[int], typer.Option(help=(
+        "Region units: at most this many regions from one image per round (default: no limit)."))] = None,
+    annotation: Annotated[str, typer.Option(metavar="MODE", help=(
+        "Region units, click cost: precise (c_c + c_i + c_p per region) or dominant (1 click per region)."))
+    ] = "precise",
+    dataset_config: Annotated[Optional[str], typer.Option(metavar="CONFIG", help=(
+        "Region units: the mmseg config whose dataset holds the original images and label maps (default: the "
+        "one --pool records)."))] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help=(
+        "Region units: dataset folder (default: the one --pool records)."))] = None,
     device: Device = "auto",
-    update: Annotated[bool, typer.Option(help="Also append the selection to --labeled: all or nothing (on failure neither --out nor --labeled changes).")] = False,
+    update: Annotated[bool, typer.Option(help=(
+        "Also append the selection to --labeled (region units: merge into the labelled-state file; a plain id "
+        "list must be named .jsonl to be rewritten as one): all or nothing (on failure neither --out nor "
+        "--labeled changes)."))] = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     json: Json = False,
@@ -67,6 +110,9 @@ def main(
     Writes: --out (one id per line) and OUT.manifest.json; with --update, --labeled.
 
     Example: alseg select --strategy margin --budget 100 --labeled labeled.txt --pool pool.h5 --out selected.txt
+
+    Regions: alseg select --strategy entropy --unit superpixel:500 --budget-pixels 1% --labeled labelled.jsonl
+    --pool pool.h5 --out round2.jsonl --update
     """
     from alseg.stages.select import select
 
@@ -76,12 +122,24 @@ def main(
                         stochastic=stochastic, groups=groups, base_score=base_score, embedding=embedding,
                         badge_embedding=badge_embedding, tau=tau, selector=selector, aggregation=aggregation,
                         q=q, sampler=sampler, beta=beta, device=device, update=update, overwrite=overwrite,
-                        progress=bar)
+                        progress=bar, oracle=oracle, round=round_, exclude_classes=exclude_classes,
+                        min_count=min_count, class_share=class_share, unit=unit, budget_pixels=budget_pixels,
+                        budget_clicks=budget_clicks, region_reduction=region_reduction, max_per_image=max_per_image,
+                        annotation=annotation, dataset_config=dataset_config, data_root=data_root)
     for message in result.warnings:
         warn(message)
     if json:
         print_json(to_jsonable(result))
+    elif getattr(result, "unit", "image") != "image":
+        clicks = "" if result.clicks is None else f", ~{result.clicks:,} clicks"
+        err.print(f"{result.strategy}, {result.unit}: selected {result.n_regions} of {result.n_offered} regions in "
+                  f"{result.images_touched} images ({result.labelled_pixels:,} px = {result.labelled_percent:.2f}% "
+                  f"of the pool{clicks}; budget {result.budget_used:,}/{result.budget:,} {result.budget_kind}) -> "
+                  f"{result.out_path}" + (f" (merged into {result.labeled_updated})" if result.labeled_updated else ""))
+        out.print(result.out_path)
     else:
-        err.print(f"{result.strategy}: selected {len(result.selected)} of {result.n_unlabeled} unlabeled ids "
+        if result.oracle:
+            warn("oracle: chosen from ground-truth class counts, a simulation baseline, not a real selection")
+        err.print(f"{result.strategy}{' (oracle)' if result.oracle else ''}: selected {len(result.selected)} of {result.n_unlabeled} unlabeled ids "
                   f"-> {result.out_path}" + (f" (appended to {result.labeled_updated})" if result.labeled_updated else ""))
         out.print(result.out_path)
