@@ -44,6 +44,15 @@ def _names(value: str | Iterable[str] | None) -> list[str]:
     return [str(v).strip() for v in items if str(v).strip()]
 
 
+def _paths(value: PathLike | Iterable[PathLike] | None) -> list[PathLike]:
+    """A comma list of paths as the CLI takes it, one path, or a Python list of paths."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return _names(value)
+    return [value] if isinstance(value, os.PathLike) else list(value)
+
+
 def _progress(progress: Progress) -> Callable[..., None]:
     return progress or (lambda advance=1, total=None, **info: None)
 
@@ -51,13 +60,16 @@ def _progress(progress: Progress) -> Callable[..., None]:
 def train(config: PathLike, *, labeled: PathLike, out: PathLike, data_root: PathLike | None = None,
           val_ids: PathLike | None = None, device: str = "auto", seed: int = 0, max_iters: int | None = None,
           batch_size: int | None = None, cfg_options: CfgOptions = None, launcher: str = "auto",
+          annotation: str = "precise", region_maps: PathLike | Iterable[PathLike] | None = None,
           overwrite: bool = False, progress: Progress = None):
-    """``alseg train``: train on exactly the ``labeled`` ids; writes checkpoint, metrics and manifest to ``out``."""
+    """``alseg train``: train on exactly the ``labeled`` ids (an id list or a labelled-state file, regions
+    annotated ``precise``|``dominant``); writes checkpoint, metrics and manifest to ``out``."""
     from alseg.stages.train import train as _train
 
     return _train(config, labeled_path=labeled, work_dir=out, data_root=data_root, val_ids_path=val_ids,
                   device=device, seed=seed, max_iters=max_iters, batch_size=batch_size, overwrite=overwrite,
-                  cfg_options=_cfg(cfg_options), progress=_progress(progress), launcher=launcher)
+                  cfg_options=_cfg(cfg_options), progress=_progress(progress), launcher=launcher,
+                  annotation=annotation, region_maps=_paths(region_maps))
 
 
 def infer(config: PathLike, *, checkpoint: PathLike, ids: PathLike, out: PathLike, data_root: PathLike | None = None,
@@ -65,9 +77,10 @@ def infer(config: PathLike, *, checkpoint: PathLike, ids: PathLike, out: PathLik
           resolution: str = "native", batch_size: int = 8, device: str = "auto", cfg_options: CfgOptions = None,
           shard: str | None = None, logits: str = "native", scores: str | Iterable[str] | None = None,
           scores_out: PathLike | None = None, calibration: PathLike | None = None, aggregation: str = "mean",
-          q: float = 10.0, resume: bool = False,
+          q: float = 10.0, mc: int = 0, mc_scope: str = "head", mc_seed: int = 0, resume: bool = False,
           overwrite: bool = False, progress: Progress = None):
-    """``alseg infer``: logits (and labels, embeddings, fused scores) of the ``ids`` images into ``out``."""
+    """``alseg infer``: logits (and labels, embeddings, fused scores, MC-dropout statistics) of the ``ids``
+    images into ``out``."""
     from alseg.fused import parse_scores
     from alseg.stages.infer import infer as _infer, parse_shard
 
@@ -81,7 +94,8 @@ def infer(config: PathLike, *, checkpoint: PathLike, ids: PathLike, out: PathLik
                   batch_size=batch_size, with_labels=with_labels, embeddings=_names(embeddings), resolution=resolution,
                   overwrite=overwrite, resume=resume, split=split, cfg_options=_cfg(cfg_options),
                   progress=_progress(progress), shard=parse_shard(shard) if shard else None, logits=logits,
-                  scores=names, scores_out_path=scores_out, calibration_path=calibration, aggregation=aggregation, q=q)
+                  scores=names, scores_out_path=scores_out, calibration_path=calibration, aggregation=aggregation, q=q,
+                  mc=mc, mc_scope=mc_scope, mc_seed=mc_seed)
 
 
 def score(pool: PathLike, *, strategy: str | Iterable[str], out: PathLike, calibration: PathLike | None = None,
@@ -106,22 +120,32 @@ def calibrate(pool: PathLike, *, out: PathLike, alpha: float = 0.05, bins: int =
                       progress=_progress(progress))
 
 
-def select(*, strategy: str, budget: int, labeled: PathLike, out: PathLike, pool: PathLike | None = None,
+def select(*, strategy: str, budget: int | None = None, labeled: PathLike, out: PathLike, pool: PathLike | None = None,
            scores: PathLike | None = None, pool_ids: PathLike | None = None, calibration: PathLike | None = None,
            seed: int = 0, stochastic: bool = False, groups: int | None = None, base_score: str = "entropy",
            embedding: str = "bottleneck", badge_embedding: str = "logit", tau: float = 0.5,
            selector: str = "top-diverse-k", aggregation: str = "mean", q: float = 10.0, sampler: str = "top",
            beta: float = 1.0, device: str = "auto", update: bool = False, overwrite: bool = False,
-           progress: Progress = None):
+           progress: Progress = None, oracle: bool = False, round: str | None = None,  # noqa: A002
+           exclude_classes: str | None = None, min_count: int = 1, class_share: float = 0.66,
+           unit: str = "image", budget_pixels: str | int | None = None, budget_clicks: int | None = None,
+           region_reduction: str = "mean", max_per_image: int | None = None, annotation: str = "precise",
+           dataset_config: str | None = None, data_root: PathLike | None = None):
     """``alseg select``: the ``budget`` images to label next, written to ``out`` (and appended to ``labeled``
-    with ``update``)."""
+    with ``update``). With a region ``unit`` (``patch:S``, ``superpixel:N``, ``pixel:P``) the regions to label
+    next under one of ``budget`` (regions), ``budget_pixels`` (``"2%"`` or a count) or ``budget_clicks``,
+    written to ``out`` as a labelled-state file and merged into ``labeled`` with ``update`` (docs/regions.md)."""
     from alseg.stages.select import select as _select
 
     return _select(strategy, budget=budget, labeled_path=labeled, out_path=out, pool_path=pool, scores_path=scores,
                    pool_ids_path=pool_ids, calibration_path=calibration, seed=seed, stochastic=stochastic,
                    groups=groups, base_score=base_score, embedding=embedding, badge_embedding=badge_embedding,
                    tau=tau, selector=selector, aggregation=aggregation, q=q, device=device, update=update,
-                   overwrite=overwrite, progress=_progress(progress), sampler=sampler, beta=beta)
+                   overwrite=overwrite, progress=_progress(progress), sampler=sampler, beta=beta, oracle=oracle,
+                   round=round, exclude_classes=exclude_classes, min_count=min_count, class_share=class_share,
+                   unit=unit, budget_pixels=budget_pixels, budget_clicks=budget_clicks,
+                   region_reduction=region_reduction, max_per_image=max_per_image, annotation=annotation,
+                   dataset_config=dataset_config, data_root=data_root)
 
 
 def run(experiment: PathLike, *, out: PathLike | None = None, seeds: str | Iterable[int] | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,15 @@ class Experiment:
     cfg_options: dict[str, Any] = field(default_factory=dict)
     nproc: int = 1  # training processes per node; > 1: each round trains under torchrun (DDP)
     launcher: str | None = None  # "torchrun": a subprocess per training (the default when nproc > 1)
+
+    def base(self, name: str) -> str:
+        """The registry strategy behind ``name``: itself, or a variant's ``strategy`` key
+        (``[params.entropy-power]`` with ``strategy = "entropy"``)."""
+        return str(self.params.get(name, {}).get("strategy", name))
+
+    def is_oracle(self, name: str) -> bool:
+        """True for a simulation-only strategy (``oracle = true``): the report marks it."""
+        return bool(self.params.get(name, {}).get("oracle", False))
 
     @property
     def rounds(self) -> int:
@@ -80,7 +90,9 @@ class Experiment:
 
 
 SELECT_PARAMS = {"stochastic", "groups", "base_score", "embedding", "badge_embedding", "tau", "selector",
-                 "aggregation", "q", "sampler", "beta"}
+                 "aggregation", "q", "sampler", "beta", "oracle", "exclude_classes", "min_count", "class_share"}
+VARIANT_PARAMS = {"strategy"}  # [params.NAME] strategy = "entropy": NAME is a variant of a registered strategy
+MC_PARAMS = {"mc", "mc_scope"}  # `infer --mc T --mc-scope S` for bald, mc-entropy, variation-ratio
 CRC_PARAMS = {"alpha", "t_min", "bins", "save_risk_maps"}
 
 
@@ -152,9 +164,28 @@ def load_experiment(path: str | Path) -> Experiment:
     strategies = doc["strategies"]
     if not isinstance(strategies, list) or not strategies or not all(isinstance(x, str) for x in strategies):
         raise InputError(f"{path}: strategies must be a list of names, e.g. [\"random\", \"margin\"]")
-    bad = [s for s in strategies if s not in STRATEGIES]
-    if bad:
-        raise InputError(f"{path}: unknown strategy {bad[0]!r}; choose from {', '.join(STRATEGIES)}")
+    params_doc = doc.get("params", {})
+    if not isinstance(params_doc, dict) or not all(isinstance(v, dict) for v in params_doc.values()):
+        raise InputError(f"{path}: params must hold tables, e.g. [params.crc] then alpha = 0.1")
+    params = {str(k): dict(v) for k, v in params_doc.items()}
+    if len(set(strategies)) != len(strategies):
+        raise InputError(f"{path}: strategies lists a name twice; give a variant its own name (docs/experiment.md)")
+    for name in strategies:
+        base_name = params.get(name, {}).get("strategy", name)
+        if base_name not in STRATEGIES:
+            if name not in STRATEGIES and "strategy" in params.get(name, {}):
+                raise InputError(f"{path}: [params.{name}] strategy = {base_name!r} is not a strategy; choose from "
+                                 f"{', '.join(STRATEGIES)}")
+            raise InputError(f"{path}: unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}, or define a "
+                             f"variant: [params.{name}] with strategy = \"entropy\" (docs/experiment.md)")
+        if name in STRATEGIES and base_name != name:
+            raise InputError(f"{path}: [params.{name}] strategy = {base_name!r}: a registered strategy cannot be renamed; "
+                             "give the variant a new name")
+        if params.get(name, {}).get("oracle") and "oracle" not in name:
+            raise InputError(f"{path}: [params.{name}] oracle = true: name it so it says so (e.g. "
+                             f"\"{base_name}-oracle\"): its folders, tables and plots must mark it as a simulation")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
+            raise InputError(f"{path}: strategy name {name!r} must be letters, digits and _.+- (it names a folder)")
     for key in ("name", "config", "data_root", "pool_ids", "val_ids", "calib_ids", "device"):
         typed(key, str, "a string")
     seeds = int_list("seeds", "a list of integer seeds, e.g. [0, 1, 2]") or [0]
@@ -169,12 +200,10 @@ def load_experiment(path: str | Path) -> Experiment:
     launcher = typed("launcher", str, f"one of: {', '.join(TRAIN_LAUNCHERS)}")
     if launcher is not None and launcher not in TRAIN_LAUNCHERS:
         raise InputError(f"{path}: launcher must be one of: {', '.join(TRAIN_LAUNCHERS)}, got {launcher!r}")
-    params_doc = doc.get("params", {})
-    if not isinstance(params_doc, dict) or not all(isinstance(v, dict) for v in params_doc.values()):
-        raise InputError(f"{path}: params must hold tables, e.g. [params.crc] then alpha = 0.1")
-    params = {str(k): dict(v) for k, v in params_doc.items()}
     for strategy, opts in params.items():
-        allowed = SELECT_PARAMS | (CRC_PARAMS if strategy == "crc" else set())
+        base_name = opts.get("strategy", strategy)
+        allowed = (SELECT_PARAMS | VARIANT_PARAMS | (CRC_PARAMS if base_name == "crc" else set())
+                   | (MC_PARAMS if STRATEGIES.get(base_name) is not None and STRATEGIES[base_name].needs == "mc" else set()))
         extra = sorted(set(opts) - allowed)
         if extra:
             raise InputError(f"{path}: [params.{strategy}] has unknown key(s) {', '.join(extra)}")
@@ -206,7 +235,7 @@ def load_experiment(path: str | Path) -> Experiment:
         value = getattr(exp, key)
         if value is not None and not value.exists():
             raise InputError(f"{path}: {key} {value} does not exist")
-    if "crc" in strategies and exp.calib_ids is None and exp.calib_size is None:
+    if "crc" in [exp.base(s) for s in strategies] and exp.calib_ids is None and exp.calib_size is None:
         raise InputError(f"{path}: strategy 'crc' needs calib_ids (a labeled calibration split) or calib_size")
     return exp
 

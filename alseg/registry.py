@@ -15,8 +15,9 @@ from alseg.errors import UnknownName
 class Strategy:
     name: str
     summary: str
-    needs: str  # "nothing" | "logits" | "embedding" | "calibration"
-    selector: str  # "random" | "top-k" | "stochastic" | "k-center" | "k-means++" | "top-diverse-k"
+    needs: str  # "nothing" | "logits" | "embedding" | "calibration" | "mc" (a pool from `infer --mc T`)
+    selector: str  # "random" | "top-k" | "stochastic" | "k-center" | "k-means++" | "top-diverse-k" | "stratified"
+    # | "clasp"
     scalar: bool = False  # has one score per image, so --stochastic applies
     scored: bool = False  # `alseg score --strategy NAME` computes something for it
     reference: str = ""
@@ -43,10 +44,22 @@ STRATEGIES: dict[str, Strategy] = {
                  "k-means++", scored=True, reference="Ash et al. 2020"),
         Strategy("crc", "CRC-AL: calibrated risk maps + co-occurrence embeddings, barycenter Top-Diverse-K",
                  "calibration", "top-diverse-k", scalar=True, scored=True, reference="Erhan & Ure 2025"),
+        Strategy("random-stratified", "class-stratified random over predicted class counts (--oracle: true counts)",
+                 "logits", "stratified", scored=True, reference="Lüth et al. 2025 (nnActive)"),
+        Strategy("clasp", "class-stratified power sampling on entropy, beta scheduled over the rounds (--round t/T)",
+                 "logits", "clasp", scored=True, reference="Lüth et al. 2026 (ClaSP PE)"),
+        Strategy("bald", "mean MC-dropout mutual information H(p̄) - E[H(p)] (pool from `infer --mc T`)", "mc",
+                 "top-k", scalar=True, scored=True, reference="Gal et al. 2017"),
+        Strategy("mc-entropy", "mean normalised predictive entropy H(p̄) of the MC-dropout mean", "mc", "top-k",
+                 scalar=True, scored=True, reference="Gal et al. 2017"),
+        Strategy("variation-ratio", "mean 1 - (modal MC vote count)/T over pixels", "mc", "top-k", scalar=True,
+                 scored=True, reference="Freeman 1965; Gal et al. 2017"),
     ]
 }
 
 SCALAR_SCORES = ("entropy", "margin", "least-confidence")
+MC_SCORES = ("bald", "mc-entropy", "variation-ratio")  # pixel scores from the MC sums of `infer --mc T`
+MC_SCOPES = ("head", "full")  # where `infer --mc` samples dropout (alseg.mc.dropout_scope)
 AGGREGATIONS = ("mean", "sum", "top-q")  # pixel-to-image reductions of the scalar scores
 POOL_EMBEDDINGS = ("bottleneck", "penultimate")  # coreset's feature embeddings (`infer --embeddings`)
 BADGE_EMBEDDINGS = ("logit", "last-layer")

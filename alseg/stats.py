@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = [
     "Curve", "Interval", "PairedDiff", "PenaltyMatrix", "Record", "aulc", "aulc_by_seed", "labels_to_reach",
-    "learning_curves", "paired_differences", "paired_vs_baseline", "penalty_matrix", "t_interval",
+    "learning_curves", "paired_differences", "paired_p_value", "paired_vs_baseline", "penalty_matrix", "t_interval",
 ]
 
 # Differences that are all equal up to this (mIoU is in percent) have zero variance: the t statistic is
@@ -118,13 +118,21 @@ def paired_differences(records: list[Record], a: str, b: str, round_: int) -> np
     return np.array([va[s] - vb[s] for s in seeds], dtype=np.float64)
 
 
-def _beats(diff: np.ndarray, alpha: float) -> bool:
+def paired_p_value(diff: Any) -> float:
+    """Two-sided p-value of the paired t-test that the mean of ``diff`` (per-seed differences) is 0.
+
+    NaN when there is no test: fewer than 2 seeds, or differences equal up to ``ZERO_VARIANCE_ATOL``.
+    """
     from scipy import stats as _st
 
-    if np.allclose(diff, diff[0], rtol=0.0, atol=ZERO_VARIANCE_ATOL):
-        return False  # zero variance: no test (see ZERO_VARIANCE_ATOL)
-    res = _st.ttest_rel(diff, np.zeros_like(diff))
-    p = float(res.pvalue)
+    diff = np.asarray(diff, dtype=np.float64).ravel()
+    if len(diff) < 2 or np.allclose(diff, diff[0], rtol=0.0, atol=ZERO_VARIANCE_ATOL):
+        return float("nan")
+    return float(_st.ttest_rel(diff, np.zeros_like(diff)).pvalue)
+
+
+def _beats(diff: np.ndarray, alpha: float) -> bool:
+    p = paired_p_value(diff)
     return bool(np.isfinite(p) and p < alpha and diff.mean() > 0)
 
 
@@ -180,6 +188,7 @@ class PairedDiff:
     round: int | None
     n_labeled: float | None  # mean labeled count of that round (None for the AULC)
     diff: Interval
+    p_value: float = float("nan")  # paired two-sided t-test over seeds (:func:`paired_p_value`); NaN: no test
 
 
 def aulc(n_labeled: Any, miou: Any) -> float:
@@ -260,11 +269,12 @@ def paired_vs_baseline(results: Iterable[Any], baseline: str = "random",
             if not len(diff):
                 continue
             n_lab = np.mean([r.n_labeled for r in records if r.strategy == strategy and r.round == rd])
-            out.append(PairedDiff(strategy, baseline, rd, float(n_lab), t_interval(diff, confidence)))
+            out.append(PairedDiff(strategy, baseline, rd, float(n_lab), t_interval(diff, confidence),
+                                  paired_p_value(diff)))
         seeds = sorted(set(areas[strategy]) & set(areas[baseline]))
         if seeds:
             diff = np.array([areas[strategy][s] - areas[baseline][s] for s in seeds])
-            out.append(PairedDiff(strategy, baseline, None, None, t_interval(diff, confidence)))
+            out.append(PairedDiff(strategy, baseline, None, None, t_interval(diff, confidence), paired_p_value(diff)))
     return out
 
 

@@ -30,6 +30,8 @@ __all__ = [
     "badge_logit_rows",
     "badge_window",
     "check_finite",
+    "clasp_scores",
+    "class_counts",
     "contextual_diversity",
     "get_pixel_scorer",
     "image_scores",
@@ -211,6 +213,41 @@ def image_scores(
         raise InputError(f"logits must have shape (N, K, H, W), got shape {x.shape}")
     check_finite(x, ids, "logits")
     return aggregate(pixel_scorer(softmax(x, axis=1)), aggregation, q)
+
+
+# ---------------------------------------------------------------------------------------------
+# Class-stratified strategies (spec sections 11.5 and 11.6).
+
+
+def class_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """n_c(x): how many cells of each image hold class c, (N, K) int64.
+
+    ``labels`` (N, H, W) integer maps: the predicted argmax for ``random-stratified``, the ground truth for
+    its oracle. Values outside [0, K) (the ignore index) are not counted.
+    """
+    y = np.asarray(labels)
+    if y.ndim != 3 or not np.issubdtype(y.dtype, np.integer):
+        raise InputError(f"label maps must be (N, H, W) integers, got shape {y.shape}, {y.dtype}")
+    n = y.shape[0]
+    flat = y.reshape(n, -1).astype(np.int64)
+    valid = (flat >= 0) & (flat < n_classes)
+    rows = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], flat.shape)
+    return np.bincount((rows * n_classes + flat)[valid], minlength=n * n_classes).reshape(n, n_classes)
+
+
+def clasp_scores(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ClaSP PE's scores of each image: ``(s_c, s)``.
+
+    s_c(x) = (1/|Omega|) sum_u h(u) p_c(u), (N, K) float64: the normalised entropy weighted by the predicted
+    probability of class c; s(x) = mean normalised entropy, (N,) float64. Since sum_c p_c = 1, the s_c of an
+    image add up to s.
+    """
+    p = _check_probs(probs).astype(np.float32, copy=False)
+    h = pixel_entropy(p)  # (N, H, W)
+    n, k = p.shape[:2]
+    area = float(np.prod(p.shape[2:])) or 1.0
+    s_c = np.einsum("nkp,np->nk", p.reshape(n, k, -1).astype(np.float64), h.reshape(n, -1).astype(np.float64)) / area
+    return s_c, h.reshape(n, -1).astype(np.float64).mean(axis=1)
 
 
 # ---------------------------------------------------------------------------------------------

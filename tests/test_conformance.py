@@ -30,6 +30,14 @@ CASES = [
     ("crc", {"selector": "kcenter", "tau": 1.0}, False),
     ("crc", {"tau": 0.0}, False),
     ("crc", {"stochastic": True}, True),
+    ("random-stratified", {}, True),
+    ("random-stratified", {"oracle": True}, True),
+    ("random-stratified", {"exclude_classes": "none", "min_count": 20}, True),
+    ("clasp", {"round": "1/3"}, True),
+    ("clasp", {"round": "2/3", "exclude_classes": "c0"}, True),
+    ("bald", {}, False),
+    ("mc-entropy", {"sampler": "power"}, True),
+    ("variation-ratio", {"stochastic": True}, True),
 ]
 IDS = [f"case{i}" for i in range(len(CASES))]
 
@@ -43,12 +51,14 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("conf")
     ids = [f"img_{i:03d}" for i in range(40)]
     perm = np.random.default_rng(5).permutation(40)
-    make_pool(d / "pool.h5", ids)
-    make_pool(d / "pool_shuffled.h5", ids, order=perm)
+    # labels: for random-stratified --oracle; MC maps: for bald, mc-entropy, variation-ratio
+    make_pool(d / "pool.h5", ids, with_labels=True, mc=True)
+    make_pool(d / "pool_shuffled.h5", ids, order=perm, with_labels=True, mc=True)
     make_calibration(d / "crc.json")
     for name in ("pool", "pool_shuffled"):
         score(d / f"{name}.h5", strategies=["entropy", "margin", "least-confidence", "contextual-diversity", "badge",
-                                          "crc"], calibration_path=d / "crc.json", out_path=d / f"{name}_scores.h5")
+                                          "crc", "random-stratified", "clasp", "bald", "mc-entropy",
+                                          "variation-ratio"], calibration_path=d / "crc.json", out_path=d / f"{name}_scores.h5")
     write_ids(d / "all.txt", ids)
     write_ids(d / "all_shuffled.txt", [ids[j] for j in perm])
     labeled = [ids[j] for j in (3, 17, 29, 8)]

@@ -50,7 +50,7 @@ SELECTED = {
 CLASSES = ["background", "road", "car"]
 PALETTE = [[20, 20, 20], [128, 64, 128], [0, 0, 200]]
 SECONDS = {"infer": 2.0, "score": 1.5, "calibrate": 0.25, "select": 0.5}
-HEADINGS = ["Summary", "Does active learning pay?", "Learning curves", "Per-class IoU", "Paired differences to random",
+HEADINGS = ["Summary", "Does active learning pay?", "Learning curves", "Per-class IoU", "Paired differences to the baselines",
             "Penalty matrix", "Per-round table", "Gallery", "Class histogram", "CRC-AL calibration"]
 FIGURES = ["learning_curves", "class_iou", "paired_diff", "penalty", "gallery_random", "gallery_margin", "gallery_crc",
            "class_hist", "crc_thresholds", "crc_risk"]

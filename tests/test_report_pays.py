@@ -201,6 +201,18 @@ def test_html_aulc_table_has_the_hand_numbers(rendered):
     assert rows["crc"][6] == "reaches random's final 49.0 mIoU at 8.7 images = 87% of random's 10"
 
 
+def _p_text(d: list[float]) -> str:
+    """The two-sided p-value of a one-sample t-test on the differences, from the t distribution's tail."""
+    from scipy.stats import t as t_dist
+
+    n = len(d)
+    mean, sd = statistics.fmean(d), statistics.stdev(d)
+    if sd == 0:
+        return "p —"
+    p = 2 * t_dist.sf(abs(mean / (sd / math.sqrt(n))), n - 1)
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
 def test_html_paired_table_per_round(rendered):
     out, _ = rendered
     table = _table(out.read_text(encoding="utf-8"), "paired")
@@ -214,8 +226,10 @@ def test_html_paired_table_per_round(rendered):
     for s, per_round in diffs.items():
         for cell, d in zip(rows[s], per_round):
             mean, low, high = _ci(d)
-            assert cell == f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
-    assert rows["margin"][0] == "+2.00 [-0.48, +4.48]"
+            assert cell == f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]" + _p_text(d)
+    # margin round 1: differences 1, 2, 3: t = 2 / (1 / sqrt 3) = 3.464 on 2 degrees of freedom, p = 0.0742
+    assert rows["margin"][0] == "+2.00 [-0.48, +4.48]p = 0.074"
+    assert rows["crc"][1] == "+6.00 [+3.52, +8.48]p = 0.009"  # 5, 6, 7
 
 
 def test_html_one_seed_says_na(tmp_path):
@@ -227,7 +241,7 @@ def test_html_one_seed_says_na(tmp_path):
     rows = {r[0]: r for r in _table(html, "aulc")[1:]}
     # seed 0 only: margin AULC 41.0 - 39.5
     assert rows["margin"][3:6] == ["+1.50", "n/a", "n/a (1 seed: no interval)"]
-    assert all(cell.endswith(" n/a") for cell in _table(html, "paired")[1][1:])
+    assert all(cell.endswith(" n/ap —") for cell in _table(html, "paired")[1][1:])
 
 
 def test_html_is_self_contained_and_escaped(tmp_path):

@@ -212,3 +212,34 @@ def test_experiment_ids_from_the_config_split_and_carved_calibration(data, tmp_p
     _resolve_ids(exp2, tmp_path / "y")
     assert read_ids(exp2.calib_ids) == calib
     assert "calib_ids" in exp.to_toml() and "[cfg_options]" in exp.to_toml()
+
+
+def test_variants_oracle_and_clasp_run_as_their_base_strategy(data, tmp_path):
+    """A variant (entropy-power) runs entropy's stages with its own params in its own folder; clasp gets
+    --round t/T from the loop; the oracle's pool carries the labels its counts need."""
+    from alseg.files.hdf5 import PoolReader
+    from alseg.stages.run import plan_steps, run
+    from alseg.experiment import load_experiment
+
+    path = write_experiment(tmp_path, data, strategies=["entropy-power", "clasp", "random-stratified-oracle"])
+    path.write_text(path.read_text() + '[params.entropy-power]\nstrategy = "entropy"\nsampler = "power"\nbeta = 2.0\n'
+                    '[params.random-stratified-oracle]\nstrategy = "random-stratified"\noracle = true\n')
+    events = []
+    result = run(path, exp_dir=tmp_path / "exp", on_event=events.append)
+    exp = tmp_path / "exp" / "seed-0"
+    planned = plan_steps(load_experiment(path))
+    assert result.steps_run == len(planned)
+    for rnd, total in ((1, 2), (2, 2)):
+        sel = json.loads((exp / "clasp" / f"round-{rnd:02d}" / "selected.txt.manifest.json").read_text())
+        assert sel["args"]["strategy"] == "clasp" and sel["args"]["round"] == f"{rnd}/{total}"
+        assert sel["result"]["details"]["round"] == f"{rnd}/{total}"
+        ep = json.loads((exp / "entropy-power" / f"round-{rnd:02d}" / "selected.txt.manifest.json").read_text())
+        assert ep["args"]["strategy"] == "entropy" and ep["args"]["sampler"] == "power" and ep["args"]["beta"] == 2.0
+        orc = json.loads((exp / "random-stratified-oracle" / f"round-{rnd:02d}" / "selected.txt.manifest.json")
+                         .read_text())
+        assert orc["args"]["oracle"] is True and orc["result"]["oracle"] is True
+        with PoolReader(exp / "random-stratified-oracle" / f"round-{rnd:02d}" / "pool.h5") as pool:
+            assert pool.has_labels
+        with PoolReader(exp / "clasp" / f"round-{rnd:02d}" / "pool.h5") as pool:
+            assert not pool.has_labels
+    assert {r["strategy"] for r in result.rows} == {None, "entropy-power", "clasp", "random-stratified-oracle"}

@@ -50,6 +50,7 @@ _SEED_RE = re.compile(r"^seed-(\d+)$")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 BASELINE = "random"  # the strategy every other one is compared with (paired by seed)
+STRONG_BASELINE = "random-stratified"  # the second reference when the experiment runs it (docs/algorithms.md §11.5)
 CONFIDENCE = 0.95
 MAX_CLASS_PANELS = 30  # per-class small multiples; more classes: the rarest this many
 
@@ -58,7 +59,7 @@ SECTIONS = (
     ("pays", "Does active learning pay?"),
     ("curves", "Learning curves"),
     ("per-class", "Per-class IoU"),
-    ("paired", "Paired differences to random"),
+    ("paired", "Paired differences to the baselines"),
     ("penalty", "Penalty matrix"),
     ("table", "Per-round table"),
     ("gallery", "Gallery"),
@@ -455,6 +456,8 @@ class ReportResult:
     model: ModelInfo | None = None
     aulc: list[AulcRow] = field(default_factory=list)
     paired: list[stats.PairedDiff] = field(default_factory=list)  # vs random, per round then AULC (round None)
+    paired_strong: list[stats.PairedDiff] = field(default_factory=list)  # the same against strong_baseline
+    strong_baseline: str | None = None  # the experiment's (non-oracle) random-stratified strategy, if it ran one
     labels_saved: list[LabelsSaved] = field(default_factory=list)
     rarest_class: str | None = None
     rarest_rule: str = ""
@@ -776,8 +779,39 @@ def _fig_class_curves(class_curves: dict[str, dict[str, stats.Curve]], shown: li
     return fig
 
 
-def _fig_paired(paired: list[stats.PairedDiff], style: _Style):
-    """Per round: strategy - random (same seed), mean and 95% CI."""
+def _strategy_base(exp: Experiment, name: str) -> str:
+    """The registered strategy behind a folder name (a variant names it with ``strategy = ...``)."""
+    opts = exp.config.get("params", {}).get(name, {})
+    return str(opts.get("strategy", name)) if isinstance(opts, dict) else name
+
+
+def is_oracle(exp: Experiment, name: str) -> bool:
+    """A simulation-only strategy (``oracle = true`` in its params): every table and figure marks it."""
+    opts = exp.config.get("params", {}).get(name, {})
+    return isinstance(opts, dict) and bool(opts.get("oracle", False))
+
+
+def strong_baseline(exp: Experiment) -> str | None:
+    """The second reference: the first strategy that is ``random-stratified`` and not its oracle."""
+    return next((s for s in exp.strategies if _strategy_base(exp, s) == STRONG_BASELINE and not is_oracle(exp, s)),
+                None)
+
+
+def _paired_set(paired: list[stats.PairedDiff], baseline: str, figure: str) -> dict[str, Any]:
+    """One baseline's table: per strategy the paired difference (and p-value) per round and of the AULC."""
+    per_round = [d for d in paired if d.round is not None]
+    return {
+        "baseline": baseline, "figure": figure,
+        "rounds": sorted({(d.round, d.n_labeled) for d in per_round}),
+        "rows": [{"strategy": s,
+                  "cells": {d.round: d for d in per_round if d.strategy == s},
+                  "aulc": next((d for d in paired if d.strategy == s and d.round is None), None)}
+                 for s in dict.fromkeys(d.strategy for d in paired)],
+    }
+
+
+def _fig_paired(paired: list[stats.PairedDiff], style: _Style, baseline: str = BASELINE):
+    """Per round: strategy - ``baseline`` (same seed), mean and 95% CI."""
     fig = _new_figure(9.0, 4.6)
     ax = fig.add_subplot()
     per = [d for d in paired if d.round is not None]
@@ -813,8 +847,8 @@ def _fig_paired(paired: list[stats.PairedDiff], style: _Style):
                 ax.plot([x], [ylo], marker="v", color=style.strategy_color[s], markersize=9, clip_on=False)
     ax.axhline(0, color="black", linewidth=1)
     ax.set_xlabel("labeled images")
-    ax.set_ylabel(f"mIoU − {BASELINE} mIoU (points)")
-    ax.set_title(f"paired difference to {BASELINE} (same seed): mean and {100 * CONFIDENCE:.0f}% CI", pad=14)
+    ax.set_ylabel(f"mIoU − {baseline} mIoU (points)")
+    ax.set_title(f"paired difference to {baseline} (same seed): mean and {100 * CONFIDENCE:.0f}% CI", pad=14)
     ax.grid(True, alpha=0.3)
     _legend_right(ax)
     return fig
@@ -972,6 +1006,12 @@ def _f_ci(iv: stats.Interval | None, digits: int = 2) -> str:
     return f"[{iv.low:+.{digits}f}, {iv.high:+.{digits}f}]"
 
 
+def _f_p(p: Any) -> str:
+    if not _is_num(p):
+        return "p —"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
 def _f_seconds(x: float) -> str:
     return f"{x:.2f}" if x < 10 else f"{x:.1f}"
 
@@ -995,7 +1035,7 @@ def render_html(context: dict[str, Any]) -> str:
     env = jinja2.Environment(loader=jinja2.PackageLoader("alseg", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
-    env.filters.update(num=_f_num, signed=_f_signed, ci=_f_ci, seconds=_f_seconds, verdict=_verdict)
+    env.filters.update(num=_f_num, signed=_f_signed, ci=_f_ci, seconds=_f_seconds, verdict=_verdict, pvalue=_f_p)
     return env.get_template("report.html.j2").render(**context)
 
 
@@ -1036,6 +1076,8 @@ def report(
     curves = stats.learning_curves(records)
     pm = stats.penalty_matrix(records)
     paired = stats.paired_vs_baseline(records, BASELINE, CONFIDENCE)
+    strong = strong_baseline(exp)
+    paired_strong = stats.paired_vs_baseline(records, strong, CONFIDENCE) if strong else []
     aulc_rows = _aulc_rows(records, exp.strategies)
     saved = _labels_saved(curves)
     model = _model_info(exp, warnings)
@@ -1072,7 +1114,8 @@ def report(
         crc_run = at_round[0] if at_round else max(crc_runs, key=lambda r: r.round)
 
     has_paired = any(d.round is not None for d in paired)
-    n_steps = 5 + int(has_paired) + len(exp.strategies) + (2 if crc_run else 0)
+    has_strong = any(d.round is not None for d in paired_strong)
+    n_steps = 5 + int(has_paired) + int(has_strong) + len(exp.strategies) + (2 if crc_run else 0)
     progress(0, total=n_steps)
     pngs: dict[str, bytes] = {}
     svgs: dict[str, bytes] = {}
@@ -1136,6 +1179,8 @@ def report(
             progress(1)
         if has_paired:
             draw("paired_diff.png", _fig_paired(paired, style))
+        if has_strong:
+            draw("paired_diff_strong.png", _fig_paired(paired_strong, style, strong))
         draw("penalty.png", _fig_penalty(pm))
 
         for strategy in exp.strategies:
@@ -1184,12 +1229,9 @@ def report(
     last = max(exp.rounds)
     finals = {s: float(c.mean[-1]) for s, c in curves.items() if c.rounds[-1] == last}
     best = max(finals, key=finals.get) if finals else None
-    per_round = [d for d in paired if d.round is not None]
-    paired_rounds = sorted({(d.round, d.n_labeled) for d in per_round})
-    paired_rows = [{"strategy": s,
-                    "cells": {d.round: d.diff for d in per_round if d.strategy == s},
-                    "aulc": next((d.diff for d in paired if d.strategy == s and d.round is None), None)}
-                   for s in dict.fromkeys(d.strategy for d in paired)]
+    paired_sets = [_paired_set(diffs, name, figure)
+                   for diffs, name, figure in ((paired, BASELINE, "paired_diff.png"),
+                                               (paired_strong, strong, "paired_diff_strong.png")) if diffs]
     context = {
         "title": f"alseg report: {exp.name}",
         "sections": SECTIONS,
@@ -1212,8 +1254,9 @@ def report(
         "rarest_rule": rarest_rule,
         "n_classes_shown": len(shown),
         "n_classes": len(names),
-        "paired_rounds": paired_rounds,
-        "paired_rows": paired_rows,
+        "paired_sets": paired_sets,
+        "strong_baseline": strong,
+        "oracles": [s for s in exp.strategies if is_oracle(exp, s)],
         "pm": pm,
         "n_rounds_compared": int(pm.n_compared.max(initial=0)),
         "table": table,
@@ -1245,6 +1288,7 @@ def report(
         gallery_round=gallery_round, class_names=list(style.class_names),
         class_shares={k: v.tolist() for k, v in shares.items()}, warnings=warnings, svg_paths=svg_paths,
         pool_size=exp.pool_size, model=model, aulc=aulc_rows, paired=paired, labels_saved=saved,
+        paired_strong=paired_strong, strong_baseline=strong,
         rarest_class=rarest, rarest_rule=rarest_rule,
     )
 

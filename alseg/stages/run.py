@@ -33,6 +33,7 @@ from alseg.files.manifest import file_digest, to_jsonable
 from alseg.registry import SCALAR_SCORES, get_strategy
 
 
+DEFAULT_MC = 10  # MC-dropout passes of bald, mc-entropy and variation-ratio when the experiment gives none
 Step = tuple[int, "str | None", int, str]  # (seed, strategy, round, stage): one call of a stage function
 
 
@@ -151,17 +152,19 @@ class _Runner:
                                  "n_labeled": n_labeled, "miou": miou})
         self.on_event(RunEvent("metric", where[0], where[1], where[2], "train", miou=miou, n_labeled=n_labeled))
 
-    def infer(self, where, ckpt: Path, ids: Path, out: Path, *, with_labels=False, embeddings=()) -> None:
+    def infer(self, where, ckpt: Path, ids: Path, out: Path, *, with_labels=False, embeddings=(),
+              mc: dict[str, Any] | None = None) -> None:
         from alseg.stages.infer import infer
 
         exp = self.exp
         args = {"config": exp.config, "checkpoint": ckpt, "ids": ids, "with_labels": with_labels,
                 "embeddings": list(embeddings), "data_root": exp.data_root,
-                **({"cfg_options": exp.cfg_options} if exp.cfg_options else {})}
+                **({"cfg_options": exp.cfg_options} if exp.cfg_options else {}), **(mc or {})}
         self.step(where, "infer", out, args, [exp.config, ckpt, ids], lambda progress: infer(
             exp.config, checkpoint_path=ckpt, ids_path=ids, out_path=out, data_root=exp.data_root,
             device=self.device, batch_size=exp.infer_batch_size, with_labels=with_labels,
-            embeddings=tuple(embeddings), overwrite=True, cfg_options=exp.cfg_options, progress=progress))
+            embeddings=tuple(embeddings), overwrite=True, cfg_options=exp.cfg_options, progress=progress,
+            **(mc or {})))
 
     # -- the loop --------------------------------------------------------------------------------------
     def round0(self, seed: int) -> None:
@@ -187,9 +190,13 @@ class _Runner:
         from alseg.stages.select import select
 
         exp = self.exp
-        strat = get_strategy(strategy)
+        base = exp.base(strategy)  # a variant's folder is its own name; its stages are its base strategy's
+        strat = get_strategy(base)
         params = dict(exp.params.get(strategy, {}))
+        params.pop("strategy", None)
         crc_opts = {k: params.pop(k) for k in ("alpha", "t_min", "bins", "save_risk_maps") if k in params}
+        mc_opts = ({"mc": int(params.pop("mc", DEFAULT_MC)), "mc_scope": str(params.pop("mc_scope", "head"))}
+                   if strat.needs == "mc" else None)
         prev = round_dir(self.exp_dir, seed, strategy, rnd - 1)
         d = round_dir(self.exp_dir, seed, strategy, rnd)
         d.mkdir(parents=True, exist_ok=True)
@@ -198,13 +205,15 @@ class _Runner:
         pool = scores = calib = None
         if strat.needs != "nothing":
             embeddings = []
-            if strategy == "coreset":
+            if base == "coreset":
                 embeddings.append(params.get("embedding", "bottleneck"))
-            if strategy == "badge" and params.get("badge_embedding") == "last-layer":
+            if base == "badge" and params.get("badge_embedding") == "last-layer":
                 embeddings.append("badge")
             pool = d / "pool.h5"
-            self.infer(where, prev_ckpt, exp.pool_ids, pool, embeddings=embeddings)
-        if strategy == "crc":
+            # the oracle simulates a user who knows every pool image's classes: the pool carries the labels
+            self.infer(where, prev_ckpt, exp.pool_ids, pool, embeddings=embeddings,
+                       with_labels=bool(params.get("oracle")), mc=mc_opts)
+        if base == "crc":
             calib_pool, calib = d / "calib.h5", d / "crc.json"
             self.infer(where, prev_ckpt, exp.calib_ids, calib_pool, with_labels=True)
             cal_args = {"alpha": crc_opts.get("alpha", 0.05), "t_min": crc_opts.get("t_min", 0.001),
@@ -212,8 +221,8 @@ class _Runner:
             self.step(where, "calibrate", calib, cal_args, [calib_pool, prev_labeled], lambda progress: calibrate(
                 calib_pool, out_path=calib, train_ids_path=prev_labeled, overwrite=True, progress=progress,
                 **cal_args))
-        to_score = [strategy] if strat.scored else []
-        if strategy == "stochastic-batches":
+        to_score = [base] if strat.scored else []
+        if base == "stochastic-batches":
             to_score = [params.get("base_score", "entropy")]
         if to_score:
             scores = d / "scores.h5"
@@ -224,10 +233,12 @@ class _Runner:
         selected = d / "selected.txt"
         budget = exp.sizes[rnd] - exp.sizes[rnd - 1]
         sel_seed = seed * 1000 + rnd  # a fresh, recorded stream per round
-        sel_args = {"strategy": strategy, "budget": budget, "seed": sel_seed, **params}
+        if base == "clasp":
+            params["round"] = f"{rnd}/{exp.rounds}"  # its beta schedule runs over the experiment's rounds
+        sel_args = {"strategy": base, "budget": budget, "seed": sel_seed, **params}
         self.step(where, "select", selected, sel_args, [prev_labeled, pool, scores, calib, exp.pool_ids],
                   lambda progress: select(
-                      strategy, budget=budget, labeled_path=prev_labeled, out_path=selected, pool_path=pool,
+                      base, budget=budget, labeled_path=prev_labeled, out_path=selected, pool_path=pool,
                       scores_path=scores, calibration_path=calib,
                       pool_ids_path=exp.pool_ids if strat.needs == "nothing" else None, seed=sel_seed,
                       device=self.device, overwrite=True, progress=progress, **params))
@@ -314,8 +325,8 @@ def run_train_command(command: list[str], *, work_dir: Path, progress: Callable[
 
 
 def _round_stages(strategy: str) -> list[str]:
-    """The stages ``_Runner.strategy_round`` calls for ``strategy``, in order (mirrors its conditions;
-    tests/test_run.py checks the plan against the events of a real run)."""
+    """The stages ``_Runner.strategy_round`` calls for the registered ``strategy``, in order (mirrors its
+    conditions; tests/test_run.py checks the plan against the events of a real run)."""
     strat = get_strategy(strategy)
     stages = ["infer"] if strat.needs != "nothing" else []
     if strategy == "crc":
@@ -333,7 +344,7 @@ def plan_steps(exp: Experiment) -> list[Step]:
         steps += [(seed, None, 0, "select"), (seed, None, 0, "train")]
         for strategy in exp.strategies:
             for rnd in range(1, exp.rounds + 1):
-                steps += [(seed, strategy, rnd, stage) for stage in _round_stages(strategy)]
+                steps += [(seed, strategy, rnd, stage) for stage in _round_stages(exp.base(strategy))]
     if exp.full_supervision:
         steps.append((exp.seeds[0], "full", 0, "train"))
     return steps

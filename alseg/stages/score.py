@@ -24,6 +24,7 @@ from alseg.files.atomic import check_not_input, check_writable, holding_output_l
 from alseg.files.hdf5 import PoolReader, pool_digest, sha256_file, write_scores
 from alseg.files.manifest import manifest_path, write_manifest
 from alseg.registry import SCALAR_SCORES, SCORED, get_strategy
+from alseg.registry import MC_SCORES
 
 Progress = Callable[..., None]
 # Compute threads of `score` when not given: numpy releases the GIL inside each large array operation,
@@ -107,6 +108,30 @@ def _computed_in_order(items: Iterable[tuple], compute: Callable[..., Any], work
 
 
 
+def _mc_scores(pool: PoolReader, names: Sequence[str], *, aggregation: str, q: float, batch_size: int,
+               progress: Progress = _noop, ids: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Image scores {name: (N,) float64} of the MC strategies ``names`` (``bald``, ``mc-entropy``,
+    ``variation-ratio``) from the pool's ``/mc`` maps, streamed one batch at a time, in ``ids`` order
+    (default: file order); :func:`alseg.mc.mc_image_scores` per batch."""
+    from alseg.mc import mc_image_scores
+
+    n = len(pool) if ids is None else len(ids)
+    out = {name: np.empty(n, dtype=np.float64) for name in names}
+    row = 0
+    batches = _read_ahead(pool.iter_mc(batch_size, ids=ids), depth=2)
+    try:
+        for batch_ids, maps in batches:
+            b = len(batch_ids)
+            for name in names:
+                out[name][row : row + b] = mc_image_scores(maps, name, pool.n_classes, aggregation=aggregation, q=q,
+                                                           ids=batch_ids)
+            row += b
+            progress(b)
+    finally:
+        batches.close()
+    return out
+
+
 @dataclass
 class ScoreResult:
     out_path: str
@@ -184,6 +209,11 @@ def score(
             check_matches_pool(calibration, calibration_path, pool.class_names, pool_path)
         n, k = len(pool), pool.n_classes
         h, w = pool.shape
+        mc_names = [name for name in names if name in MC_SCORES]  # from /mc (`infer --mc T`), not the logits
+        if mc_names and not pool.has_mc:
+            raise InputError(f"{pool_path}: holds no MC-dropout statistics, which {mc_names[0]!r} needs; run "
+                             "`alseg infer --mc T` (e.g. --mc 10) to write them")
+        needs_logits = len(mc_names) < len(names)
         scores: dict[str, np.ndarray] = {}
         embeddings: dict[str, np.ndarray] = {}
         params: dict[str, dict] = {}
@@ -195,6 +225,14 @@ def score(
             embeddings["contextual-diversity"] = np.empty((n, k, k), dtype=np.float32)
             embeddings["contextual-diversity-present"] = np.empty((n, k), dtype=bool)
             params["contextual-diversity"] = {"epsilon": 1e-8}
+        if "random-stratified" in names:  # §11.5: predicted class counts n_c(x) of every image
+            embeddings["class-counts"] = np.empty((n, k), dtype=np.int64)
+            params["class-counts"] = {"source": "prediction", "unit": "logit cell", "class_names": pool.class_names}
+        if "clasp" in names:  # §11.6: s(x) = mean entropy, s_c(x) = entropy weighted by p_c
+            scores["clasp"] = np.empty(n, dtype=np.float64)
+            embeddings["clasp-class"] = np.empty((n, k), dtype=np.float64)
+            params["clasp"] = params["clasp-class"] = {"entropy": "normalised", "reduction": "mean",
+                                                       "class_names": pool.class_names}
         if "badge" in names:
             # one dimension for every image: window pooling for one image size, a fixed grid otherwise
             badge = S.badge_logit_params(k, h, w, variable_size=pool.variable_size)
@@ -228,6 +266,12 @@ def score(
             if "contextual-diversity" in names:
                 cd, present = F.contextual_diversity(p)
                 out["contextual-diversity"], out["contextual-diversity-present"] = cd.cpu().numpy(), present.cpu().numpy()
+            if "random-stratified" in names or "clasp" in names:  # cheap next to the rest: on the CPU
+                cpu_probs = S.softmax(logits, axis=1)
+                if "random-stratified" in names:
+                    out["class-counts"] = S.class_counts(cpu_probs.argmax(axis=1), k)
+                if "clasp" in names:
+                    out["clasp-class"], out["clasp"] = S.clasp_scores(cpu_probs)
             if badge_params is not None:
                 out["badge-logit"] = S.badge_logit_rows(logits, badge_params)
             if crc_thresholds is not None:
@@ -249,6 +293,10 @@ def score(
                     out[name] = S.aggregate(S.PIXEL_SCORERS[name](probs), aggregation, q)
             if "contextual-diversity" in names:
                 out["contextual-diversity"], out["contextual-diversity-present"] = S.contextual_diversity(logits)
+            if "random-stratified" in names:
+                out["class-counts"] = S.class_counts(probs.argmax(axis=1), k)
+            if "clasp" in names:
+                out["clasp-class"], out["clasp"] = S.clasp_scores(probs)
             if badge_params is not None:
                 out["badge-logit"] = S.badge_logit_rows(logits, badge_params)
             if crc_thresholds is not None:
@@ -258,7 +306,7 @@ def score(
         progress(0, total=n)
         row = 0
         # iter_batches crops to each image's valid size (a batch of mixed sizes comes as several runs)
-        batches = _read_ahead(pool.iter_batches(batch_size), depth=n_workers + 1)
+        batches = _read_ahead(pool.iter_batches(batch_size) if needs_logits else iter(()), depth=n_workers + 1)
         computed = _computed_in_order(batches, compute, n_workers)
         try:
             for (ids, _, _), res in computed:
@@ -272,6 +320,10 @@ def score(
                     embeddings["contextual-diversity-present"][sl] = res["contextual-diversity-present"]
                 if badge_params is not None:
                     embeddings["badge-logit"][sl] = res["badge-logit"]
+                if "random-stratified" in names:
+                    embeddings["class-counts"][sl] = res["class-counts"]
+                if "clasp" in names:
+                    scores["clasp"][sl], embeddings["clasp-class"][sl] = res["clasp"], res["clasp-class"]
                 if crc_thresholds is not None:
                     u, v, maps = res["crc"]
                     scores["crc"][sl] = u
@@ -285,6 +337,12 @@ def score(
         finally:
             computed.close()
             batches.close()
+        if mc_names:
+            progress(0, total=2 * n if needs_logits else n)
+            for name, values in _mc_scores(pool, mc_names, aggregation=aggregation, q=q, batch_size=batch_size,
+                                           progress=progress).items():
+                scores[name] = values
+                params[name] = {"aggregation": aggregation, "q": q, "T": pool.mc["T"], "scope": pool.mc["scope"]}
         pool_ids = list(pool.ids)
     risk_maps = None
     if save_risk_maps > 0 and calibration is not None:
