@@ -4,6 +4,10 @@ against a baseline with confidence intervals, labels saved, and the pairwise pen
 Pure functions, no I/O. The input is a tidy list of records, one per (seed, strategy, round): a
 :class:`Record` or any mapping / object with the fields ``seed, strategy, round, n_labeled, miou``.
 
+Learning curves can be read against another x than the labeled-set size (``learning_curves(..., x="clicks")``:
+any numeric field of the records, e.g. the annotation costs ``labelled_percent`` and ``clicks``), and two
+curves compared at equal x (:func:`value_at`, :func:`cost_levels`, :func:`at_equal_cost`).
+
 AULC (area under the learning curve) is the trapezoid integral of mIoU over the labeled-set size,
 divided by the x range, so it is a mean mIoU over the budget (in percent, like mIoU). Paired
 differences pair two strategies by seed (same seed = same round-0 set and model); their confidence
@@ -23,8 +27,9 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 __all__ = [
-    "Curve", "Interval", "PairedDiff", "PenaltyMatrix", "Record", "aulc", "aulc_by_seed", "labels_to_reach",
-    "learning_curves", "paired_differences", "paired_p_value", "paired_vs_baseline", "penalty_matrix", "t_interval",
+    "Curve", "EqualCost", "Interval", "PairedDiff", "PenaltyMatrix", "Record", "at_equal_cost", "aulc", "aulc_by_seed",
+    "cost_levels", "labels_to_reach", "learning_curves", "paired_differences", "paired_p_value", "paired_vs_baseline",
+    "penalty_matrix", "t_interval", "value_at",
 ]
 
 # Differences that are all equal up to this (mIoU is in percent) have zero variance: the t statistic is
@@ -50,6 +55,11 @@ class Curve:
     mean: np.ndarray  # (R,) mIoU mean over seeds
     std: np.ndarray  # (R,) sample std over seeds (ddof=1) when >= 2 seeds, else 0
     n_seeds: np.ndarray  # (R,) int, how many seeds have this round
+    x: np.ndarray | None = None  # (R,) float: mean over seeds of the x asked for (learning_curves(x=...)); else n_labeled
+
+    def __post_init__(self) -> None:
+        if self.x is None:
+            object.__setattr__(self, "x", self.n_labeled)
 
 
 @dataclass(frozen=True)
@@ -79,33 +89,48 @@ def _ordered_strategies(records: list[Record]) -> list[str]:
     return list(seen)
 
 
-def learning_curves(results: Iterable[Any]) -> dict[str, Curve]:
+def _field(r: Any, name: str) -> Any:
+    return r.get(name) if isinstance(r, Mapping) else getattr(r, name, None)
+
+
+def learning_curves(results: Iterable[Any], x: str | None = None) -> dict[str, Curve]:
     """Per strategy (in order of first appearance): mean and std of mIoU over seeds per round.
 
     ``std`` is the sample standard deviation (``ddof=1``) when a round has >= 2 seeds, else 0 (one seed
-    has no spread to show). The x value is the mean labeled count over the seeds of that round.
+    has no spread to show). ``n_labeled`` is the mean labeled count over the seeds of that round.
+
+    ``x``: another field of each result to read the curve against (``"labelled_percent"``, ``"clicks"``); a
+    result whose ``x`` is None (not recorded) is left out, so a round or a strategy may have no point, and
+    ``Curve.x`` is the mean over seeds of that field per round. Without ``x``, ``Curve.x`` is ``n_labeled``.
     """
-    records = [_as_record(r) for r in results]
+    items = list(results)
+    if x is not None:
+        items = [r for r in items if _field(r, x) is not None]
+    xs = [float(_field(r, x)) for r in items] if x is not None else None
+    records = [_as_record(r) for r in items]
     curves: dict[str, Curve] = {}
     for strategy in _ordered_strategies(records):
-        by_round: dict[int, list[Record]] = {}
-        for r in records:
+        by_round: dict[int, list[int]] = {}
+        for k, r in enumerate(records):
             if r.strategy == strategy:
-                by_round.setdefault(r.round, []).append(r)
+                by_round.setdefault(r.round, []).append(k)
         rounds = sorted(by_round)
-        mean, std, n_lab, n_seeds = [], [], [], []
+        mean, std, n_lab, n_seeds, x_mean = [], [], [], [], []
         for rd in rounds:
-            values = np.array([r.miou for r in by_round[rd]], dtype=np.float64)
+            values = np.array([records[k].miou for k in by_round[rd]], dtype=np.float64)
             mean.append(values.mean())
             std.append(values.std(ddof=1) if len(values) >= 2 else 0.0)
-            n_lab.append(np.mean([r.n_labeled for r in by_round[rd]]))
+            n_lab.append(np.mean([records[k].n_labeled for k in by_round[rd]]))
             n_seeds.append(len(values))
+            if xs is not None:
+                x_mean.append(np.mean([xs[k] for k in by_round[rd]]))
         curves[strategy] = Curve(
             rounds=np.array(rounds, dtype=np.int64),
             n_labeled=np.array(n_lab, dtype=np.float64),
             mean=np.array(mean, dtype=np.float64),
             std=np.array(std, dtype=np.float64),
             n_seeds=np.array(n_seeds, dtype=np.int64),
+            x=np.array(x_mean, dtype=np.float64) if xs is not None else None,
         )
     return curves
 
@@ -291,3 +316,90 @@ def labels_to_reach(n_labeled: Any, miou: Any, target: float) -> float | None:
         if y[i] < target <= y[i + 1]:
             return float(x[i] + (target - y[i]) / (y[i + 1] - y[i]) * (x[i + 1] - x[i]))
     return None
+
+
+# ------------------------------------------------------------------------------------ equal annotation cost
+
+
+@dataclass(frozen=True)
+class EqualCost:
+    """One strategy at one cost level: its mean curve read there, and its paired difference to a baseline."""
+
+    strategy: str
+    x: str  # the cost the level is in ("clicks", "labelled_percent")
+    level: float
+    miou: float | None  # the mean curve (mean x, mean mIoU per round) at ``level``, linear between rounds; None: not reached
+    baseline: str | None = None
+    diff: Interval | None = None  # per seed: own curve at level minus the baseline's, over the seeds where both reach it
+    p_value: float = float("nan")
+
+
+def value_at(x: Any, y: Any, level: float) -> float | None:
+    """The piecewise-linear curve through ``(x, y)`` (x non-decreasing) at ``level``: linear between the two
+    points around it, the point itself on a point (the first one where x repeats). None outside
+    ``[x[0], x[-1]]``: the curve starts above the level or never reaches it."""
+    xa = np.asarray(x, dtype=np.float64)
+    ya = np.asarray(y, dtype=np.float64)
+    if len(xa) == 0 or level < xa[0] or level > xa[-1]:
+        return None
+    for i in range(len(xa)):
+        if xa[i] == level:
+            return float(ya[i])
+        if i + 1 < len(xa) and xa[i] < level < xa[i + 1]:
+            return float(ya[i] + (level - xa[i]) / (xa[i + 1] - xa[i]) * (ya[i + 1] - ya[i]))
+    return None
+
+
+def cost_levels(curves: Mapping[str, Curve], fractions: Iterable[float] = (0.25, 0.5, 1.0)) -> list[float]:
+    """The levels to compare curves at. L = the largest x every curve reaches (the smallest last ``Curve.x``),
+    S = the largest first x (every curve has a point at or below it; with a shared round 0, the common start):
+    ``S + f · (L − S)`` for each of ``fractions`` (a quarter, half and all of the cost added after the start),
+    then the largest x any curve reaches when that is beyond L (where the shorter curves show "not reached").
+    Ascending, without repeats; empty without curves. When the curves do not overlap (S > L): L and the largest."""
+    pts = [(float(c.x[0]), float(c.x[-1])) for c in curves.values() if len(c.x)]
+    if not pts:
+        return []
+    start, common, longest = max(p[0] for p in pts), min(p[1] for p in pts), max(p[1] for p in pts)
+    if start > common:
+        levels = {common, longest}
+    else:
+        levels = {start + f * (common - start) for f in fractions} | ({longest} if longest > common else set())
+    return [float(v) for v in sorted(levels)]
+
+
+def at_equal_cost(results: Iterable[Any], x: str, levels: Iterable[float], baseline: str | None = None,
+                  confidence: float = 0.95) -> list[EqualCost]:
+    """Every strategy's mIoU at each of ``levels`` of the cost ``x`` (a field of the results, like
+    ``learning_curves(x=...)``): the strategy's mean curve read at the level with :func:`value_at`.
+
+    With ``baseline``: per seed, the strategy's own curve (its rounds' x and mIoU) at the level minus the
+    baseline's curve of the same seed there, over the seeds where both reach it: mean, Student-t interval and
+    paired p-value (:func:`t_interval`, :func:`paired_p_value`). Rows: strategy by strategy, levels ascending.
+    """
+    items = [r for r in results if _field(r, x) is not None]
+    curves = learning_curves(items, x=x)
+    per_seed: dict[tuple[str, int], list[tuple[int, float, float]]] = {}
+    for r in items:
+        rec = _as_record(r)
+        per_seed.setdefault((rec.strategy, rec.seed), []).append((rec.round, float(_field(r, x)), rec.miou))
+    seed_value: dict[tuple[str, int, float], float | None] = {}
+    levels = list(levels)
+    for (strategy, seed), pts in per_seed.items():
+        pts.sort()
+        for level in levels:
+            seed_value[strategy, seed, level] = value_at([p[1] for p in pts], [p[2] for p in pts], level)
+    if baseline is not None and baseline not in curves:
+        baseline = None
+    out = []
+    for strategy, c in curves.items():
+        for level in levels:
+            row = EqualCost(strategy, x, float(level), value_at(c.x, c.mean, level))
+            if baseline is not None and strategy != baseline:
+                seeds = sorted(s for (st, s) in per_seed if st == strategy and (baseline, s) in per_seed)
+                diff = np.array([seed_value[strategy, s, level] - seed_value[baseline, s, level] for s in seeds
+                                 if seed_value[strategy, s, level] is not None
+                                 and seed_value[baseline, s, level] is not None], dtype=np.float64)
+                row = EqualCost(strategy, x, float(level), row.miou, baseline,
+                                t_interval(diff, confidence) if len(diff) else None, paired_p_value(diff))
+            out.append(row)
+    return out

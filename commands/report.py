@@ -34,11 +34,14 @@ def main(
 ) -> None:
     """Write a self-contained HTML report: does active learning pay? (AULC and paired differences to random
     with 95% CIs over seeds, labels saved), learning curves, per-class IoU, penalty matrix, time per stage,
-    gallery, CRC-AL.
+    gallery, CRC-AL. Where the rounds recorded their annotation cost (cost.json): mIoU against labelled
+    pixels and clicks, each strategy at equal clicks and equal labelled pixels, and the selected regions
+    of region units drawn on their images.
 
     Reads: EXP/experiment.toml (and the config and pool_ids it names), EXP/seed-S/round-00 and
     EXP/seed-S/STRATEGY/round-NN (train/metrics.json, manifests, labeled.txt, selected.txt, pool.h5,
-    scores.h5, crc.json), images and masks under data_root, EXP/full/train/metrics.json. Writes: the HTML
+    scores.h5, crc.json, cost.json, selected.jsonl, labeled.jsonl), images and masks under data_root,
+    superpixel stores (EXP/regions/), EXP/full/train/metrics.json. Writes: the HTML
     (figures embedded as PNG, no scripts, nothing fetched) and every figure as PNG and SVG in OUT_files/
     beside it (report.html -> report_files/). Prints the HTML path on stdout (or the result with --json)
     and summary tables on stderr.
@@ -65,6 +68,8 @@ def main(
     for w in result.warnings:
         warn(w)
     _summary(result)
+    if result.equal_clicks:
+        _equal_cost(result.equal_clicks, "clicks", lambda v: f"{v:.0f}")
     if json_:
         print_json(to_jsonable(result))
     else:
@@ -103,3 +108,18 @@ def _summary(result) -> None:
         pays.add_row(row.strategy, f"{row.mean:.2f} ± {row.std:.2f}", "—" if iv is None else f"{iv.mean:+.2f}", ci,
                      saved.get(row.strategy, "—"))
     err.print(pays)
+
+
+def _equal_cost(rows, what: str, fmt) -> None:
+    from rich.table import Table
+
+    levels = sorted({r.level for r in rows})
+    table = Table(title=f"mIoU (%) at equal {what} (mean curve, linear between rounds; —: not reached)",
+                  title_justify="left")
+    table.add_column("strategy")
+    for level in levels:
+        table.add_column(f"{fmt(level)} {what}", justify="right")
+    by = {(r.strategy, r.level): r for r in rows}
+    for s in dict.fromkeys(r.strategy for r in rows):
+        table.add_row(s, *("—" if by[s, lv].miou is None else f"{by[s, lv].miou:.2f}" for lv in levels))
+    err.print(table)

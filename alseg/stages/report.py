@@ -6,11 +6,20 @@ each strategy's paired difference to ``random`` with 95% confidence intervals ov
 strategy saves to reach random's final mIoU, and the penalty matrix over seeds; then time per stage,
 a gallery of selected images, the class histogram of the selections and the CRC-AL calibration.
 
+Annotation cost (docs/algorithms.md §11.3): where the rounds recorded it (``cost.json``, written by
+``alseg run`` in every round folder), also mIoU against the % of the pool's pixels labelled and against the
+estimated clicks, each strategy's mIoU at equal clicks and at equal labelled pixels (its mean curve read
+linearly between rounds, with the paired difference to random over seeds), the query unit and annotation
+mode in the header, and for region units (``selected.jsonl``) the selected regions drawn on their images.
+Trees without ``cost.json`` (older runs) give the report they always gave, with one note.
+
 Reads: ``EXP/experiment.toml`` (and the config it names, for the model in the header; the model is not
 built), its ``pool_ids`` list (pool size), every ``train/metrics.json``, the stage manifests
 (``*.manifest.json``, ``train/manifest.json``) for the time per stage, ``labeled.txt`` of round 0,
 ``selected.txt``, the gallery round's ``pool.h5`` / ``scores.h5``, ``crc.json``, images and masks under
-``data_root`` and ``data_root/classes.json``.
+``data_root`` and ``data_root/classes.json``; where present ``cost.json``, ``selected.jsonl`` /
+``labeled.jsonl`` (region rounds), the select manifest's ``region_maps`` store (or one found beside the
+round's pool, in the strategy's other rounds or under ``EXP/regions/``) for superpixel maps.
 Writes: ``<out>.html`` (rendered from the Jinja2 template ``alseg/templates/report.html.j2`` with
 autoescape; figures embedded as base64 PNG data URIs, inline CSS, no scripts, no external resources)
 and every figure as PNG and SVG in ``<out stem>_files/`` beside it.
@@ -23,6 +32,7 @@ changes matplotlib's global backend or state.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import math
@@ -45,6 +55,7 @@ from alseg.files.manifest import read_manifest
 # Column order of the time-per-stage table; other stage names found in manifests follow, sorted.
 STAGES = ("infer", "score", "calibrate", "select", "train")
 METRICS_FORMAT = "alseg.metrics"
+COST_FORMAT = "alseg.cost"
 _ROUND_RE = re.compile(r"^round-(\d+)$")
 _SEED_RE = re.compile(r"^seed-(\d+)$")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -58,6 +69,7 @@ SECTIONS = (
     ("summary", "Summary"),
     ("pays", "Does active learning pay?"),
     ("curves", "Learning curves"),
+    ("cost", "Equal annotation cost"),  # only when the rounds recorded their cost (cost.json)
     ("per-class", "Per-class IoU"),
     ("paired", "Paired differences to the baselines"),
     ("penalty", "Penalty matrix"),
@@ -88,6 +100,20 @@ class RoundRun:
     scores_path: Path | None = None
     crc_path: Path | None = None
     per_class_iou: dict[str, float | None] = field(default_factory=dict)  # percent; None: class not in val
+    # annotation cost after the round (cost.json, cumulative; docs/algorithms.md §11.3); None: not recorded
+    images_touched: int | None = None
+    labelled_pixels: int | None = None
+    pool_pixels: int | None = None
+    labelled_percent: float | None = None  # of the pool's pixels at original resolution
+    clicks: int | None = None  # None also when the run could not count them (no label maps)
+    unit: str | None = None  # the round's query unit (cost.json); None: not recorded
+    annotation: str | None = None
+    selected_path: Path | None = None  # selected.jsonl: this round's regions (region units)
+    labeled_path: Path | None = None  # labeled.jsonl: every region labelled after the round
+
+    @property
+    def has_cost(self) -> bool:
+        return self.labelled_pixels is not None
 
 
 @dataclass
@@ -161,6 +187,72 @@ def read_metrics(path: Path) -> tuple[float, int | None]:
     return m.miou, m.n_labeled
 
 
+@dataclass
+class Cost:
+    """A round's ``cost.json`` (``alseg.cost``, version 1): the annotation cost after the round, cumulative."""
+
+    images_touched: int
+    labelled_pixels: int
+    pool_pixels: int
+    labelled_percent: float
+    clicks: int | None
+    unit: str
+    annotation: str | None
+
+
+def read_cost(path: Path) -> Cost:
+    """Read a ``cost.json``; a missing or malformed field is an :class:`InputError` naming the file."""
+    doc = read_versioned_json(path, COST_FORMAT, 1)
+
+    def number(key: str, kind: type, optional: bool = False):
+        v = doc.get(key)
+        if v is None and optional:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and float(v) != int(v)) \
+                or not math.isfinite(float(v)) or v < 0:
+            raise InputError(f"{path}: {key} must be a number >= 0{' or null' if optional else ''}, got {v!r}")
+        return kind(v)
+
+    unit = doc.get("unit")
+    if not isinstance(unit, str) or not unit:
+        raise InputError(f"{path}: unit must be a query unit (image, patch:S, superpixel:N, pixel:P), got {unit!r}")
+    annotation = doc.get("annotation")
+    return Cost(number("images_touched", int), number("labelled_pixels", int), number("pool_pixels", int),
+                number("labelled_percent", float), number("clicks", int, optional=True), unit,
+                None if annotation is None else str(annotation))
+
+
+def _round_files(round_dir: Path) -> dict[str, Any]:
+    """What :class:`RoundRun` takes from a round folder besides the metrics: the selection (``selected.txt``,
+    else the images of ``selected.jsonl``), the region files, and the cost (``cost.json``) when recorded."""
+    from alseg.files.labelled import read_labelled
+
+    out: dict[str, Any] = {}
+    sel_txt, sel_jsonl, lab_jsonl = (round_dir / n for n in ("selected.txt", "selected.jsonl", "labeled.jsonl"))
+    if sel_txt.is_file() or not sel_jsonl.is_file():
+        out["selected"] = read_ids(sel_txt, allow_missing=True)
+    else:
+        out["selected"] = read_labelled(sel_jsonl).ids  # images in the order of their first pick
+        out["selected_path"] = sel_jsonl
+    if lab_jsonl.is_file():
+        out["labeled_path"] = lab_jsonl
+    cost_path = round_dir / "cost.json"
+    if cost_path.is_file():
+        c = read_cost(cost_path)
+        out.update(images_touched=c.images_touched, labelled_pixels=c.labelled_pixels, pool_pixels=c.pool_pixels,
+                   labelled_percent=c.labelled_percent, clicks=c.clicks, unit=c.unit, annotation=c.annotation)
+    return out
+
+
+def _labeled_ids(round_dir: Path) -> list[str]:
+    """The images with any label after a round: ``labeled.txt``, else the images of ``labeled.jsonl``."""
+    from alseg.files.labelled import read_labelled
+
+    if not (round_dir / "labeled.txt").is_file() and (round_dir / "labeled.jsonl").is_file():
+        return read_labelled(round_dir / "labeled.jsonl").ids
+    return read_ids(round_dir / "labeled.txt", allow_missing=True)
+
+
 def _stage_seconds(round_dir: Path) -> dict[str, float]:
     """Seconds per stage summed over the manifests of one round folder (two ``infer`` runs for crc)."""
     seconds: dict[str, float] = {}
@@ -188,6 +280,8 @@ def _n_labeled(round_dir: Path, metrics_path: Path, n: int | None) -> int:
     if n is not None:
         return n
     labeled = round_dir / "labeled.txt"
+    if not labeled.is_file() and (round_dir / "labeled.jsonl").is_file():
+        return len(_labeled_ids(round_dir))
     if not labeled.is_file():
         raise InputError(f"{metrics_path}: has no n_labeled and {labeled} is missing")
     return len(read_ids(labeled))
@@ -234,6 +328,7 @@ def collect(exp_dir: str | Path) -> Experiment:
         m0 = read_metrics_detail(r0_metrics)
         miou0, n0 = m0.miou, _n_labeled(r0_dir, r0_metrics, m0.n_labeled)
         secs0 = _stage_seconds(r0_dir)
+        files0 = {k: v for k, v in _round_files(r0_dir).items() if k not in ("selected", "selected_path")}
         strategy_dirs = sorted(p for p in seed_dir.iterdir() if p.is_dir() and not _ROUND_RE.match(p.name))
         for sdir in strategy_dirs:
             rounds = _round_dirs(sdir)
@@ -241,7 +336,7 @@ def collect(exp_dir: str | Path) -> Experiment:
                 continue
             found.add(sdir.name)
             runs.append(RoundRun(seed, sdir.name, 0, n0, miou0, r0_dir, dict(secs0), [],
-                                 per_class_iou=dict(m0.per_class_iou)))
+                                 per_class_iou=dict(m0.per_class_iou), **files0))
             for rd, rdir in rounds.items():
                 if rd == 0:
                     raise InputError(f"{rdir}: round 0 is shared; it belongs in {r0_dir}")
@@ -253,11 +348,10 @@ def collect(exp_dir: str | Path) -> Experiment:
                 m = read_metrics_detail(metrics)
                 runs.append(RoundRun(
                     seed, sdir.name, rd, _n_labeled(rdir, metrics, m.n_labeled), m.miou, rdir, _stage_seconds(rdir),
-                    read_ids(rdir / "selected.txt", allow_missing=True),
                     pool_path=(rdir / "pool.h5") if (rdir / "pool.h5").is_file() else None,
                     scores_path=(rdir / "scores.h5") if (rdir / "scores.h5").is_file() else None,
                     crc_path=(rdir / "crc.json") if (rdir / "crc.json").is_file() else None,
-                    per_class_iou=m.per_class_iou,
+                    per_class_iou=m.per_class_iou, **_round_files(rdir),
                 ))
     if not found:
         raise InputError(f"{seed_dirs[0][1]}: no strategy folders with round-NN/ inside; nothing to report")
@@ -316,9 +410,9 @@ def collect_by_hand(exp_dir: Path) -> Experiment:
         rounds = sorted(groups[group_dir], key=lambda t: (t[2].n_labeled or 0, _natural_key(t[0])))
         named = set()
         for round_dir, _, _ in rounds:
-            sel = round_dir / "selected.txt.manifest.json"
-            if sel.is_file():
-                named.add(str(read_manifest(sel).get("args", {}).get("strategy", "")))
+            for sel in (round_dir / "selected.txt.manifest.json", round_dir / "selected.jsonl.manifest.json"):
+                if sel.is_file():
+                    named.add(str(read_manifest(sel).get("args", {}).get("strategy", "")))
         name = group_dir.name if group_dir != exp_dir else (named.pop() if len(named) == 1 else "by hand")
         name = name or "by hand"
         strategies.append(name)
@@ -328,8 +422,9 @@ def collect_by_hand(exp_dir: Path) -> Experiment:
 
             runs.append(RoundRun(
                 0, name, index, _n_labeled(round_dir, metrics, m.n_labeled), m.miou, round_dir,
-                _stage_seconds_by_hand(round_dir, metrics.parent), read_ids(round_dir / "selected.txt", allow_missing=True),
+                _stage_seconds_by_hand(round_dir, metrics.parent),
                 pool_path=beside("pool.h5"), scores_path=beside("scores.h5"), crc_path=beside("crc.json"),
+                **_round_files(round_dir),
                 per_class_iou=m.per_class_iou,
             ))
             train_manifest = metrics.parent / "manifest.json"
@@ -396,6 +491,8 @@ class TableRow:
     miou_std: float
     n_seeds: int
     seconds: dict[str, float]  # mean over seeds, per stage
+    labelled_percent: float | None = None  # cost.json, mean over the seeds that recorded it; None: not recorded
+    clicks: float | None = None
 
 
 @dataclass
@@ -462,6 +559,11 @@ class ReportResult:
     rarest_class: str | None = None
     rarest_rule: str = ""
     alseg_version: str = __version__
+    costs_recorded: bool = False  # any round folder had a cost.json
+    units: dict[str, str] = field(default_factory=dict)  # strategy -> query unit
+    annotations: dict[str, str | None] = field(default_factory=dict)  # strategy -> annotation mode (None: not said)
+    equal_clicks: list[stats.EqualCost] = field(default_factory=list)  # mIoU at equal clicks, per strategy and level
+    equal_pixels: list[stats.EqualCost] = field(default_factory=list)  # the same at equal % of labelled pixels
 
 
 # --------------------------------------------------------------------------------------------- analysis
@@ -507,6 +609,69 @@ def _labels_saved(curves: dict[str, stats.Curve]) -> list[LabelsSaved]:
                                f"reaches random's final {target:.1f} mIoU at {_fmt_images(n)} images = "
                                f"{pct:.0f}% of random's {_fmt_images(budget)}"))
     return out
+
+
+# cost field of RoundRun, x label, words for the title and the table, figure name
+COST_AXES = (
+    ("labelled_percent", "labelled pixels (% of the pool's pixels)", "labelled pixels", "learning_curves_pixels.png"),
+    ("clicks", "estimated clicks (docs/algorithms.md §11.3)", "clicks", "learning_curves_clicks.png"),
+)
+
+
+def _fmt_level(key: str, value: float) -> str:
+    if key == "labelled_percent":
+        return f"{value:.3g}%"
+    return f"{value:.0f}" if abs(value - round(value)) < 1e-9 or value >= 100 else f"{value:.1f}"
+
+
+def _cost_analysis(exp: Experiment) -> dict[str, Any]:
+    """Curves against labelled pixels and clicks, and the equal-cost tables: per cost, the levels of
+    :func:`stats.cost_levels` (a quarter, a half and all of the way from the common start to the largest cost
+    every curve reaches, then the largest any curve reaches), each strategy's mean curve read there, and its
+    paired difference to ``random`` (else to the first strategy with costs) over seeds."""
+    curves: dict[str, dict[str, stats.Curve]] = {}
+    figures: dict[str, tuple[str, str, str]] = {}
+    equal: dict[str, dict[str, Any]] = {}
+    for key, xlabel, what, figure in COST_AXES:
+        c = stats.learning_curves(exp.runs, x=key)
+        curves[key] = c
+        equal[key] = {"key": key, "what": what, "levels": [], "labels": [], "baseline": None, "rows": [], "table": [],
+                      "without": [s for s in exp.strategies if s not in c]}
+        if not c:
+            continue
+        figures[figure] = (key, xlabel, what)
+        levels = stats.cost_levels(c)
+        ref = BASELINE if BASELINE in c else next(iter(c))
+        rows = stats.at_equal_cost(exp.runs, key, levels, baseline=ref, confidence=CONFIDENCE)
+        table = []
+        for s, curve in c.items():
+            cells = []
+            for level in levels:
+                row = next(r for r in rows if r.strategy == s and r.level == level)
+                why = None
+                if row.miou is None:
+                    why = "starts above" if level < curve.x[0] else "not reached"
+                cells.append({"row": row, "why": why})
+            table.append({"strategy": s, "end": _fmt_level(key, float(curve.x[-1])), "cells": cells})
+        equal[key].update(levels=levels, labels=[_fmt_level(key, v) for v in levels], baseline=ref, rows=rows,
+                          table=table)
+    return {"curves": curves, "figures": figures, "equal": equal}
+
+
+def _units_text(units: dict[str, str]) -> str:
+    if len(set(units.values())) == 1:
+        return f"{next(iter(units.values()))} (every strategy)"
+    return "; ".join(f"{s}: {u}" for s, u in units.items())
+
+
+def _annotation_text(units: dict[str, str], annotations: dict[str, str | None]) -> str:
+    regions = {s: annotations.get(s) or "precise (not recorded; alseg's default)" for s, u in units.items()
+               if u != "image"}
+    if not regions:
+        return "whole images (full masks)"
+    if len(set(regions.values())) == 1:
+        return f"{next(iter(regions.values()))} (region units); whole images: full masks"
+    return "; ".join(f"{s}: {a}" for s, a in regions.items()) + "; whole images: full masks"
 
 
 def _model_info(exp: Experiment, warnings: list[str]) -> ModelInfo:
@@ -785,6 +950,31 @@ def _strategy_base(exp: Experiment, name: str) -> str:
     return str(opts.get("strategy", name)) if isinstance(opts, dict) else name
 
 
+def _recorded(exp: Experiment, name: str, key: str) -> str | None:
+    """The value of ``key`` most of a strategy's selecting rounds recorded in cost.json (ties: the first)."""
+    values = [getattr(r, key) for r in exp.runs if r.strategy == name and r.round >= 1 and getattr(r, key)]
+    return max(dict.fromkeys(values), key=values.count) if values else None
+
+
+def _declared(exp: Experiment, name: str, key: str) -> str | None:
+    """``[params.NAME] key``, else the experiment's top-level ``key``."""
+    opts = exp.config.get("params", {}).get(name, {})
+    if isinstance(opts, dict) and opts.get(key):
+        return str(opts[key])
+    return str(exp.config[key]) if exp.config.get(key) else None
+
+
+def strategy_unit(exp: Experiment, name: str) -> str:
+    """A strategy's query unit: what its rounds recorded (cost.json), else ``[params.NAME] unit``, else the
+    experiment's ``unit``, else ``image``."""
+    return _recorded(exp, name, "unit") or _declared(exp, name, "unit") or "image"
+
+
+def strategy_annotation(exp: Experiment, name: str) -> str | None:
+    """A strategy's annotation mode (``precise`` | ``dominant``): recorded, else declared; None: not said."""
+    return _recorded(exp, name, "annotation") or _declared(exp, name, "annotation")
+
+
 def is_oracle(exp: Experiment, name: str) -> bool:
     """A simulation-only strategy (``oracle = true`` in its params): every table and figure marks it."""
     opts = exp.config.get("params", {}).get(name, {})
@@ -907,6 +1097,199 @@ def _fig_gallery(rows: list[dict[str, Any]], has_pool: bool, style: _Style, titl
         fig.colorbar(ScalarMappable(Normalize(0, 1), "magma"), ax=[axes[r][-1] for r in range(n)],
                      location="right", shrink=min(1.0, 2.0 / n) if n > 1 else 0.9, aspect=15,
                      label="uncertainty (0 low, 1 high)")
+    return fig
+
+
+def _fig_cost_curves(exp: Experiment, curves: dict[str, stats.Curve], style: _Style, units: dict[str, str],
+                     xlabel: str, what: str):
+    """mIoU against an annotation cost (``Curve.x``: mean over seeds per round), mean ± std over seeds."""
+    fig = _new_figure(9.0, 5.0)
+    ax = fig.add_subplot()
+    for s, c in curves.items():
+        color = style.strategy_color[s]
+        ax.plot(c.x, c.mean, marker="o", color=color, label=f"{s} ({units.get(s, 'image')})")
+        ax.fill_between(c.x, np.clip(c.mean - c.std, 0, 100), np.clip(c.mean + c.std, 0, 100), color=color,
+                        alpha=0.18, linewidth=0)
+    if exp.full_miou is not None:
+        ax.axhline(exp.full_miou, color="black", linestyle="--", linewidth=1.2,
+                   label=f"full supervision ({exp.full_miou:.1f})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("mIoU (%)")
+    n = len(exp.seeds)
+    ax.set_title(f"mIoU vs {what} (mean ± std over {n} seed{'s' if n != 1 else ''})")
+    ax.grid(True, alpha=0.3)
+    _legend_right(ax)
+    return fig
+
+
+SELECTED_RGB = (255, 140, 0)  # this round's regions in the region gallery (orange)
+BEFORE_RGB = (30, 144, 255)  # regions labelled in earlier rounds (blue)
+
+
+def _outline(mask: np.ndarray, region_map: np.ndarray | None, width: int) -> np.ndarray:
+    """Pixels of ``mask`` within ``width`` pixels (4-steps, inside the mask) of its border: a 4-neighbour outside
+    it, off the image, or in another region of ``region_map``."""
+    pad = np.pad(mask, 1, constant_values=False)
+    edge = mask & ~(pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:])
+    if region_map is not None:
+        rm = np.asarray(region_map)
+        rp = np.pad(rm, 1, mode="edge")
+        edge |= mask & ((rp[:-2, 1:-1] != rm) | (rp[2:, 1:-1] != rm) | (rp[1:-1, :-2] != rm) | (rp[1:-1, 2:] != rm))
+    for _ in range(width - 1):
+        e = np.pad(edge, 1, constant_values=False)
+        edge = edge | (mask & (e[:-2, 1:-1] | e[2:, 1:-1] | e[1:-1, :-2] | e[1:-1, 2:]))
+    return edge
+
+
+def region_overlay(image: np.ndarray, selected: np.ndarray, before: np.ndarray | None = None,
+                   region_map: np.ndarray | None = None, *, alpha: float = 0.45) -> np.ndarray:
+    """The image (H, W, 3) uint8 with ``selected`` (H, W) bool filled translucent orange and outlined in dark
+    orange (its border and the borders between its regions of ``region_map``), and ``before`` (labelled in
+    earlier rounds) filled translucent blue with a blue outline. The lines are about 1/200 of the image's
+    larger side wide (at least 1 px), so they survive the gallery's downscaling. Pixels in neither mask keep
+    their values."""
+    image = np.asarray(image)
+    sel = np.asarray(selected, dtype=bool)
+    width = max(1, round(max(sel.shape) / 200))
+    out = image.astype(np.float64)
+    if before is not None:
+        old = np.asarray(before, dtype=bool) & ~sel
+        out[old] = (1 - alpha) * out[old] + alpha * np.asarray(BEFORE_RGB, dtype=np.float64)
+        out[_outline(old, None, width)] = np.asarray(BEFORE_RGB, dtype=np.float64) * 0.75
+    out[sel] = (1 - alpha) * out[sel] + alpha * np.asarray(SELECTED_RGB, dtype=np.float64)
+    out[_outline(sel, region_map, width)] = np.asarray(SELECTED_RGB, dtype=np.float64) * 0.75
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+class _RegionMaps:
+    """Region maps for drawing a run's regions: patches from the image size; superpixels from the store the
+    select manifest names, else one beside the round's pool file, in the strategy's other rounds or under
+    ``EXP/regions/`` that holds the image. Open stores are kept until :meth:`close`."""
+
+    def __init__(self, exp_dir: Path):
+        self.exp_dir = exp_dir
+        self._readers: dict[Path, Any] = {}
+        self._found: dict[tuple[Path, str], list[Path]] = {}
+
+    def _reader(self, path: Path):
+        from alseg.files.regionmaps import RegionMapReader
+
+        if path not in self._readers:
+            try:
+                self._readers[path] = RegionMapReader(path)
+            except InputError:
+                self._readers[path] = None
+        return self._readers[path]
+
+    def candidates(self, run: RoundRun, unit: str) -> list[Path]:
+        key = (run.round_dir, unit)
+        if key not in self._found:
+            self._found[key] = self._candidates(run, unit)
+        return self._found[key]
+
+    def _candidates(self, run: RoundRun, unit: str) -> list[Path]:
+        from alseg.files.regionmaps import region_maps_path
+
+        paths: list[Path] = []
+        if run.selected_path is not None:
+            manifest = run.selected_path.with_name(run.selected_path.name + ".manifest.json")
+            if manifest.is_file():
+                doc = read_manifest(manifest)
+                store = (doc.get("result") or {}).get("region_maps")
+                if store and (doc.get("result") or {}).get("unit") == unit:
+                    paths.append(Path(store))
+                pool = (doc.get("args") or {}).get("pool_path")
+                if pool:
+                    paths.append(region_maps_path(pool, unit))
+        paths.append(region_maps_path(run.round_dir / "pool.h5", unit))
+        slug = unit.replace(":", "-")
+        paths += sorted(run.round_dir.parent.glob(f"round-*/*.regions-{slug}.h5"))
+        if (self.exp_dir / "regions").is_dir():
+            paths += sorted((self.exp_dir / "regions").rglob("*.h5"))
+        return list(dict.fromkeys(p for p in paths if p.is_file()))
+
+    def lookup(self, run: RoundRun):
+        """A ``(unit, image_id, shape) -> region map`` for :func:`alseg.files.labelled.labelled_mask`."""
+        from alseg.regions import patch_map
+        from alseg.units import parse_unit
+
+        def find(unit: str, image_id: str, shape: tuple[int, int]) -> np.ndarray:
+            u = parse_unit(unit)
+            if u.kind == "patch":
+                return patch_map(shape[0], shape[1], u.size)
+            for path in self.candidates(run, str(u)):
+                reader = self._reader(path)
+                if reader is not None and reader.unit == str(u) and image_id in reader \
+                        and reader.shape(image_id) == tuple(shape):
+                    return reader.region_map(image_id)
+            raise InputError(f"no {u} region map of {image_id!r} found (select manifest, beside "
+                             f"{run.round_dir / 'pool.h5'}, the strategy's other rounds, {self.exp_dir / 'regions'})")
+
+        return find
+
+    def close(self) -> None:
+        for reader in self._readers.values():
+            if reader is not None:
+                reader.close()
+        self._readers.clear()
+
+
+def _region_rows(run: RoundRun, exp: Experiment, maps: _RegionMaps, style: _Style, n: int,
+                 mask: Callable[[str], np.ndarray]) -> list[dict[str, Any]]:
+    """The first ``n`` images of a region round (order of first pick) with their regions drawn: this round's
+    (``selected.jsonl``), and those labelled before (``labeled.jsonl`` minus this round's)."""
+    from alseg.files.labelled import labelled_mask, read_labelled
+    from alseg.units import parse_unit
+
+    new = read_labelled(run.selected_path)
+    cumulative = read_labelled(run.labeled_path) if run.labeled_path is not None else None
+    lookup = maps.lookup(run)
+    rows = []
+    for image_id in new.ids[:n]:
+        image = _load_image(exp.data_root, image_id)
+        shape = image.shape[:2]
+        sel = labelled_mask(new, image_id, shape, lookup)
+        before = None
+        if cumulative is not None:
+            try:
+                before = labelled_mask(cumulative, image_id, shape, lookup) & ~sel
+            except InputError:  # an earlier unit's maps are gone: draw this round's regions only
+                before = None
+        units = list(new.images[image_id])
+        region_map = None
+        if units and parse_unit(units[0]).has_region_map:
+            region_map = lookup(units[0], image_id, shape)
+        labelled = sel if before is None else (sel | before)
+        gt = _colorize(mask(image_id), style.palette)
+        gt[~labelled] = 230  # unlabelled: light grey
+        points = np.argwhere(sel) if units and parse_unit(units[0]).kind == "pixel" else None
+        rows.append({"id": image_id, "overlay": region_overlay(image, sel, before, region_map), "labels": gt,
+                     "n_regions": sum(len(r) for r in new.images[image_id].values()), "pixels": int(sel.sum()),
+                     "points": points})
+    return rows
+
+
+def _fig_region_gallery(rows: list[dict[str, Any]], title: str):
+    cols = ["regions: this round / before", "ground truth where labelled"]
+    n = len(rows)
+    fig = _new_figure(2.6 * len(cols) + 0.6, 2.4 * n + 0.6)
+    fig.suptitle(title)
+    axes = fig.subplots(n, len(cols), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, col in enumerate(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.imshow(row["overlay"] if c == 0 else row["labels"], interpolation="nearest")
+            if c == 0:
+                if row["points"] is not None and len(row["points"]):  # single pixels: circled to be seen
+                    ax.scatter(row["points"][:, 1], row["points"][:, 0], s=40, facecolors="none",
+                               edgecolors=[c_ / 255 for c_ in SELECTED_RGB], linewidths=1.5)
+                ax.set_ylabel(f"#{r + 1} {row['id']}", fontsize=SMALL)
+                n = row["n_regions"]
+                ax.set_xlabel(f"{n} region{'s' if n != 1 else ''}, {row['pixels']} px", fontsize=SMALL)
+            if r == 0:
+                ax.set_title(col, fontsize=SMALL)
     return fig
 
 
@@ -1080,6 +1463,10 @@ def report(
     paired_strong = stats.paired_vs_baseline(records, strong, CONFIDENCE) if strong else []
     aulc_rows = _aulc_rows(records, exp.strategies)
     saved = _labels_saved(curves)
+    units = {s: strategy_unit(exp, s) for s in exp.strategies}
+    annotations = {s: strategy_annotation(exp, s) for s in exp.strategies}
+    has_costs = any(r.has_cost for r in exp.runs)
+    cost = _cost_analysis(exp) if has_costs else None
     model = _model_info(exp, warnings)
     names, palette, ignore = _class_info(exp, exp.runs)
     if not names:  # no classes.json, pool file or calibration: the metrics name the classes
@@ -1115,7 +1502,15 @@ def report(
 
     has_paired = any(d.round is not None for d in paired)
     has_strong = any(d.round is not None for d in paired_strong)
-    n_steps = 5 + int(has_paired) + int(has_strong) + len(exp.strategies) + (2 if crc_run else 0)
+    region_runs = {}  # strategy -> its region round in the gallery (selected.jsonl of the first seed)
+    if gallery_round is not None and has_data:
+        for strategy in exp.strategies:
+            run = exp.run(first_seed, strategy, gallery_round)
+            if run is not None and run.selected_path is not None and run.selected and \
+                    (run.unit or strategy_unit(exp, strategy)) != "image":  # not whole images under a pixel budget
+                region_runs[strategy] = run
+    n_steps = 5 + int(has_paired) + int(has_strong) + len(exp.strategies) + (2 if crc_run else 0) + \
+        (len(cost["figures"]) if cost else 0) + len(region_runs)
     progress(0, total=n_steps)
     pngs: dict[str, bytes] = {}
     svgs: dict[str, bytes] = {}
@@ -1148,8 +1543,7 @@ def report(
     round0_counts = None
     if has_data and names:
         round0_ids = sorted({i for seed in exp.seeds
-                             for i in read_ids(exp.exp_dir / f"seed-{seed}" / "round-00" / "labeled.txt",
-                                               allow_missing=True)})
+                             for i in _labeled_ids(exp.exp_dir / f"seed-{seed}" / "round-00")})
         try:
             round0_counts = pixel_counts(round0_ids) if round0_ids else None
         except InputError as exc:
@@ -1167,8 +1561,12 @@ def report(
     gallery: list[dict[str, Any]] = []
     shares: dict[str, np.ndarray] = {}
     cal = None
-    with rc_context(_RC):
+    region_maps = _RegionMaps(exp.exp_dir)
+    with rc_context(_RC), contextlib.closing(region_maps):
         draw("learning_curves.png", _fig_curves(exp, curves, style))
+        if cost:
+            for name, (key, xlabel, what) in cost["figures"].items():
+                draw(name, _fig_cost_curves(exp, cost["curves"][key], style, units, xlabel, what))
         if shown:
             trained = list({r.round_dir: r for r in exp.runs}.values())  # round 0 once per seed
             have = {c: sum(r.per_class_iou.get(c) is not None for r in trained) for c in shown}
@@ -1200,6 +1598,9 @@ def report(
                        _fig_gallery(rows, run.pool_path is not None, style, title))
             gallery.append({"strategy": strategy, "uri": uri, "missing": None,
                             "note": "" if run.pool_path is not None else " (no pool.h5: image and ground truth only)"})
+            if strategy in region_runs:
+                gallery.append(_region_gallery(region_runs[strategy], exp, region_maps, style, gallery_size,
+                                               mask, draw, progress, warnings))
 
         if has_data:
             for strategy in exp.strategies:
@@ -1224,6 +1625,7 @@ def report(
                 progress(1)
 
     table = _table_rows(exp, curves)
+    has_clicks = any(r.clicks is not None for r in table)
     stages = [s for s in STAGES if any(s in r.seconds for r in table)]
     stages += sorted({k for r in table for k in r.seconds} - set(stages))
     last = max(exp.rounds)
@@ -1234,7 +1636,7 @@ def report(
                                                (paired_strong, strong, "paired_diff_strong.png")) if diffs]
     context = {
         "title": f"alseg report: {exp.name}",
-        "sections": SECTIONS,
+        "sections": [(k, v) for k, v in SECTIONS if k != "cost" or has_costs],
         "exp": exp,
         "model": model,
         "alseg_version": __version__,
@@ -1268,6 +1670,13 @@ def report(
         "class_names": list(style.class_names),
         "shares": shares,
         "crc": None if cal is None else _crc_context(cal, crc_run, exp),
+        "has_costs": has_costs,
+        "has_clicks": has_clicks,
+        "cost": cost,
+        "units": units,
+        "unit_text": _units_text(units),
+        "annotation_text": _annotation_text(units, annotations),
+        "show_units": has_costs or any(u != "image" for u in units.values()),
     }
     doc = render_html(context)
 
@@ -1290,7 +1699,28 @@ def report(
         pool_size=exp.pool_size, model=model, aulc=aulc_rows, paired=paired, labels_saved=saved,
         paired_strong=paired_strong, strong_baseline=strong,
         rarest_class=rarest, rarest_rule=rarest_rule,
+        costs_recorded=has_costs, units=units, annotations=annotations,
+        equal_clicks=cost["equal"]["clicks"]["rows"] if cost else [],
+        equal_pixels=cost["equal"]["labelled_percent"]["rows"] if cost else [],
     )
+
+
+def _region_gallery(run: RoundRun, exp: Experiment, maps: _RegionMaps, style: _Style, size: int,
+                    mask: Callable[[str], np.ndarray], draw: Callable[[str, Any], str],
+                    progress: Callable[..., None], warnings: list[str]) -> dict[str, Any]:
+    """One strategy's region gallery: the first ``size`` images of its region round, regions drawn."""
+    name = f"{run.strategy} regions"
+    try:
+        rows = _region_rows(run, exp, maps, style, size, mask)
+    except InputError as exc:
+        warnings.append(f"regions of {run.strategy}, round {run.round}, not drawn: {exc}")
+        progress(1)
+        return {"strategy": name, "missing": f"not drawn ({exc})"}
+    unit = run.unit or strategy_unit(exp, run.strategy)
+    title = f"{run.strategy} ({unit})\nfirst {len(rows)} images of round {run.round}, seed {run.seed}"
+    uri = draw(f"regions_{_safe_name(run.strategy)}.png", _fig_region_gallery(rows, title))
+    return {"strategy": name, "uri": uri, "missing": None,
+            "note": " (orange: this round's regions; blue: labelled before)"}
 
 
 def _crc_context(cal: dict[str, Any], crc_run: RoundRun, exp: Experiment) -> dict[str, Any]:
@@ -1354,6 +1784,9 @@ def _table_rows(exp: Experiment, curves: dict[str, stats.Curve]) -> list[TableRo
             runs = [r for r in exp.runs if r.strategy == strategy and r.round == rd]
             stages = sorted({k for r in runs for k in r.seconds})
             seconds = {k: float(np.mean([r.seconds[k] for r in runs if k in r.seconds])) for k in stages}
+            pct = [r.labelled_percent for r in runs if r.labelled_percent is not None]
+            clicks = [r.clicks for r in runs if r.clicks is not None]
             rows.append(TableRow(strategy, int(rd), float(c.n_labeled[i]), float(c.mean[i]), float(c.std[i]),
-                                 int(c.n_seeds[i]), seconds))
+                                 int(c.n_seeds[i]), seconds, float(np.mean(pct)) if pct else None,
+                                 float(np.mean(clicks)) if clicks else None))
     return rows
