@@ -23,7 +23,14 @@ def main(
     fmt: Annotated[Literal[FORMATS], typer.Option("--format", help=FORMAT_HELP)],
     data_root: DataRoot = None,
     labeled: Annotated[Optional[Path], typer.Option(
-        help="Labeled id list to append the imported ids to (created if missing; no id twice).")] = None,
+        help="Labeled id list to append the imported ids to (created if missing; no id twice); with --ids, the "
+             "labelled state (.jsonl) to merge the imported regions into.")] = None,
+    ids: Annotated[Optional[Path], typer.Option(
+        "--ids", help="Region queries: the labelled state the tasks were exported from (selected.jsonl); the "
+                      "masks keep the labels inside its regions only (ignore index elsewhere).")] = None,
+    region_maps: Annotated[str, typer.Option("--region-maps", help="With --ids: region-map stores of the "
+                           "superpixel units, comma-separated (the ones export used). Default: computed "
+                           "(default SLIC parameters).")] = "",
     cfg_options: CfgOptions = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -35,8 +42,12 @@ def main(
     image (seg_map_suffix, reduce_zero_label and label_map honoured; unlabeled pixels = ignore). Unknown
     class names and size mismatches are refused; nothing is written unless every mask is valid.
 
-    Reads: CONFIG and EXPORT (the dataset under --data-root).
-    Writes: one mask per annotated image into the dataset's annotation folder; --labeled, appended.
+    With --ids selected.jsonl (region queries) each mask is a partial label map: the answer inside the
+    queried regions, the ignore index elsewhere; an existing mask is updated (its labels are kept unless
+    --overwrite) and the regions are merged into --labeled, a labelled state for `alseg train --labeled`.
+
+    Reads: CONFIG and EXPORT (the dataset under --data-root); --ids, --region-maps.
+    Writes: one mask per annotated image into the dataset's annotation folder; --labeled, appended (merged).
 
     Example: alseg import demo_unet_tiny export.json --format label-studio --data-root data/demo --labeled labeled.txt
     """
@@ -46,7 +57,8 @@ def main(
 
     with progress_bar("import", quiet=quiet) as bar:
         result = import_masks(export_path, config, fmt=fmt, data_root=data_root, labeled_path=labeled,
-                              overwrite=overwrite, cfg_options=parse_cfg_options(cfg_options or []), progress=bar)
+                              overwrite=overwrite, cfg_options=parse_cfg_options(cfg_options or []),
+                              ids_path=ids, region_maps=region_maps or None, progress=bar)
     for message in result.warnings:
         warn(message)
     if json:
@@ -54,5 +66,7 @@ def main(
     else:
         extra = (f"; {result.n_added_to_labeled} id(s) added to {result.labeled_updated}"
                  if result.labeled_updated else "")
+        if result.n_regions is not None:
+            extra = f" ({result.n_regions} region(s)){extra}"
         err.print(f"{result.format}: wrote {len(result.imported)} mask(s){extra}", markup=False, highlight=False)
         out.print("\n".join(result.imported), markup=False)

@@ -16,6 +16,15 @@ colour unless black or a duplicate, then it takes the next unused Pascal VOC col
 
 Back, the archive (a ``.zip`` or its unpacked folder) is read with its own ``labelmap.txt``, so colours
 CVAT chose are fine; masks may be RGB, palette or 1-channel (then the value is the labelmap row).
+
+Region queries (``alseg export --ids selected.jsonl``) go out as a "CVAT for images 1.1" file instead,
+``annotations.xml``, because only that format holds overlapping shapes: per image one ``<mask>`` of the
+label ``alseg-query`` (:data:`QUERY_LABEL`) covering the queried pixels, ``z_order="0"``, and one
+``<mask>`` per class of the model's prediction inside them, ``z_order="1"``. A ``<mask>`` is CVAT's
+run-length code of its bounding box (``left``, ``top``, ``width``, ``height``): row by row, alternating
+runs of 0 and 1 starting with 0 (:func:`mask_rle`). ``labels.json`` lists the labels for CVAT's raw
+label editor. The annotators' answer comes back as Segmentation mask 1.1, where pixels left in the
+colour of ``alseg-query`` are unlabeled (:func:`row_classes`).
 """
 
 from __future__ import annotations
@@ -39,6 +48,9 @@ IMAGESET = "ImageSets/Segmentation/default.txt"
 CLASS_DIR = "SegmentationClass"
 OBJECT_DIR = "SegmentationObject"
 ARCHIVE_NAME = "annotations.zip"
+XML_NAME = "annotations.xml"  # region queries: CVAT for images 1.1
+LABELS_NAME = "labels.json"  # region queries: the task's labels, for CVAT's raw label editor
+QUERY_LABEL = "alseg-query"  # the label of the region-query masks; unlabeled on the way back
 
 
 @dataclass
@@ -209,13 +221,14 @@ class CvatExport:
 
 def row_classes(labelmap: Labelmap, class_names: Sequence[str], *, source: str) -> np.ndarray:
     """Class index of each labelmap row (``UNLABELED`` for ``background`` when the dataset has no such
-    class; -2 for a label that is not a class: refused only where a mask uses it)."""
+    class and for the region-query label ``alseg-query``; -2 for a label that is not a class: refused only
+    where a mask uses it)."""
     index = {str(n): k for k, n in enumerate(class_names)}
     out = []
     for name in labelmap.names:
         if name in index:
             out.append(index[name])
-        elif name == BACKGROUND:
+        elif name in (BACKGROUND, QUERY_LABEL):
             out.append(UNLABELED)
         else:
             out.append(-2)
@@ -232,3 +245,88 @@ def class_map_from_rows(rows: np.ndarray, row_class: np.ndarray, labelmap: Label
         raise InputError(f"{where}: label {name!r} (at y={y}, x={x}) is not a class of the config "
                          f"({', '.join(map(str, class_names))})")
     return out
+
+
+# ------------------------------------------------------------------------------ region queries (CVAT for images 1.1)
+
+
+def query_labelmap(class_names: Sequence[str], palette: Sequence[Sequence[int]] | None) -> Labelmap:
+    """:func:`dataset_labelmap` plus the label ``alseg-query`` last, in a colour no other label has
+    (magenta when free)."""
+    base = dataset_labelmap(class_names, palette)
+    taken = set(base.colours)
+    colour = (255, 0, 255)
+    if colour in taken:
+        colour = next(tuple(int(v) for v in c) for c in voc_colormap(256 + len(taken))[1:]
+                      if tuple(int(v) for v in c) not in taken)
+    return Labelmap(names=base.names + [QUERY_LABEL], colours=base.colours + [colour])
+
+
+def mask_rle(mask: np.ndarray) -> tuple[list[int], int, int, int, int] | None:
+    """CVAT's ``<mask>`` code of a boolean mask (H, W): ``(rle, left, top, width, height)``, the runs of
+    its bounding box row by row, alternating 0 and 1 and starting with a (possibly empty) run of 0;
+    ``None`` for an empty mask."""
+    mask = np.asarray(mask, dtype=bool)
+    ys = np.flatnonzero(mask.any(axis=1))
+    if ys.size == 0:
+        return None
+    xs = np.flatnonzero(mask.any(axis=0))
+    top, bottom, left, right = int(ys[0]), int(ys[-1]), int(xs[0]), int(xs[-1])
+    flat = mask[top : bottom + 1, left : right + 1].ravel().astype(np.int8)
+    change = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate(([0], change, [flat.size]))
+    runs = np.diff(bounds).tolist()
+    if flat[0]:
+        runs = [0] + runs
+    return [int(r) for r in runs], left, top, right - left + 1, bottom - top + 1
+
+
+def labels_json(labelmap: Labelmap) -> str:
+    """The labels as CVAT's raw label editor takes them (Project/Task -> Labels -> Raw)."""
+    import json
+
+    from alseg.labeltools import hex_colour
+
+    rows = [{"name": n, "color": hex_colour(c), "type": "any", "attributes": []}
+            for n, c in zip(labelmap.names, labelmap.colours)]
+    return json.dumps(rows, indent=2) + "\n"
+
+
+def write_query_xml(path: str | os.PathLike, labelmap: Labelmap,
+                    images: Iterator[tuple[str, int, int, list[tuple[str, np.ndarray, int]]]]) -> int:
+    """Write ``annotations.xml`` (CVAT for images 1.1) to ``path`` (the caller makes it atomic).
+
+    ``images`` yields ``(name, width, height, shapes)``, ``shapes`` a list of ``(label, mask (H, W) bool,
+    z_order)``; empty masks are left out. Returns the number of images."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    from alseg.labeltools import hex_colour
+
+    def attrs(pairs) -> str:
+        return " ".join(f"{k}={quoteattr(str(v))}" for k, v in pairs)
+
+    n = 0
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write('<?xml version="1.0" encoding="utf-8"?>\n<annotations>\n  <version>1.1</version>\n'
+                 "  <meta>\n    <task>\n      <name>alseg region queries</name>\n      <mode>annotation</mode>\n"
+                 "      <labels>\n")
+        for name, colour in zip(labelmap.names, labelmap.colours):
+            fh.write(f"        <label>\n          <name>{escape(name)}</name>\n"
+                     f"          <color>{hex_colour(colour)}</color>\n          <type>any</type>\n"
+                     "          <attributes/>\n        </label>\n")
+        fh.write("      </labels>\n    </task>\n  </meta>\n")
+        for frame, (name, width, height, shapes) in enumerate(images):
+            fh.write(f"  <image {attrs([('id', frame), ('name', name), ('width', int(width)), ('height', int(height))])}>\n")
+            for label, mask, z_order in shapes:
+                code = mask_rle(mask)
+                if code is None:
+                    continue
+                rle, left, top, w, h = code
+                fh.write("    <mask " + attrs([("label", label), ("source", "auto"), ("occluded", 0),
+                                               ("rle", ", ".join(str(r) for r in rle)), ("left", left),
+                                               ("top", top), ("width", w), ("height", h),
+                                               ("z_order", int(z_order))]) + "/>\n")
+            fh.write("  </image>\n")
+            n += 1
+        fh.write("</annotations>\n")
+    return n

@@ -13,6 +13,13 @@ Out (``alseg export --format label-studio``):
   or above a threshold, shown as a separate region so annotators see where the model is unsure. It is a
   hint, never a class: import skips every region of that control.
 
+Region queries (``alseg export --ids selected.jsonl``, a labelled state from ``select --unit ...``): the
+task's ``data`` also holds ``alseg_regions`` (unit -> the queried region ids, as in the state), the class
+pre-annotation covers the queried regions only, and a third control ``<BrushLabels name="alseg_query">``
+with one label, ``label this region``, paints the queried pixels of each unit (one brush region per unit,
+id ``alseg_query_<unit>``). Like the risk layer it is never imported as a class; ``alseg import --ids``
+keeps only the labels inside the queried regions.
+
 Back (``alseg import --format label-studio``): Label Studio's "JSON" export, a list of tasks each with
 ``annotations[].result[]``. Per task the annotation used is the one marked ``ground_truth``, else the
 last one not cancelled; tasks with none are skipped. Regions are painted in result order, so where two
@@ -26,7 +33,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -40,14 +47,19 @@ TO_NAME = "image"
 RISK_FROM_NAME = "alseg_risk"
 RISK_LABEL = "look here"
 RISK_COLOUR = "#ff00ff"
+QUERY_FROM_NAME = "alseg_query"
+QUERY_LABEL = "label this region"
+QUERY_COLOUR = "#00ffff"
+HINT_FROM_NAMES = (RISK_FROM_NAME, QUERY_FROM_NAME)  # layers alseg exports as hints, never imported
 MODEL_VERSION = "alseg"
 TASKS_NAME = "tasks.json"
 CONFIG_NAME = "labeling_config.xml"
 
 
-def labeling_config(class_names: Sequence[str], colours: Sequence[Sequence[int]], *, risk: bool = False) -> str:
-    """The labeling config (XML) of an exported project: one ``BrushLabels`` of the classes, and the risk
-    control when ``risk``."""
+def labeling_config(class_names: Sequence[str], colours: Sequence[Sequence[int]], *, risk: bool = False,
+                    query: bool = False) -> str:
+    """The labeling config (XML) of an exported project: one ``BrushLabels`` of the classes, the risk
+    control when ``risk`` and the region-query control when ``query``."""
     lines = ["<View>", f'  <Image name="{TO_NAME}" value="$image" zoom="true"/>',
              f'  <BrushLabels name="{CLASS_FROM_NAME}" toName="{TO_NAME}">']
     for name, rgb in zip(class_names, colours):
@@ -56,6 +68,10 @@ def labeling_config(class_names: Sequence[str], colours: Sequence[Sequence[int]]
     if risk:
         lines += [f'  <BrushLabels name="{RISK_FROM_NAME}" toName="{TO_NAME}">',
                   f"    <Label value={quoteattr(RISK_LABEL)} background={quoteattr(RISK_COLOUR)}/>",
+                  "  </BrushLabels>"]
+    if query:
+        lines += [f'  <BrushLabels name="{QUERY_FROM_NAME}" toName="{TO_NAME}">',
+                  f"    <Label value={quoteattr(QUERY_LABEL)} background={quoteattr(QUERY_COLOUR)}/>",
                   "  </BrushLabels>"]
     lines.append("</View>")
     return "\n".join(lines) + "\n"
@@ -71,31 +87,51 @@ def _region(region_id: str, from_name: str, label: str, mask: np.ndarray) -> dic
 
 
 def prediction_result(class_map: np.ndarray, class_names: Sequence[str], *,
-                      risk_mask: np.ndarray | None = None) -> list[dict[str, Any]]:
+                      risk_mask: np.ndarray | None = None,
+                      query_masks: Mapping[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
     """Result items of one image: a brush region per class present in ``class_map`` (H, W) int, then the
-    risk region (pixels of ``risk_mask``) when given and not empty."""
+    risk region (pixels of ``risk_mask``) when given and not empty. With ``query_masks`` (unit -> (H, W)
+    bool, the queried pixels of each unit) the class regions cover the queried pixels only, and one
+    query region per unit follows them."""
     out = []
-    for k in np.unique(class_map):
+    inside = None
+    if query_masks is not None:
+        inside = np.zeros(class_map.shape, dtype=bool)
+        for mask in query_masks.values():
+            inside |= mask
+    present = np.unique(class_map if inside is None else class_map[inside])
+    for k in present:
         if 0 <= k < len(class_names):
-            out.append(_region(f"alseg_c{int(k)}", CLASS_FROM_NAME, str(class_names[k]), class_map == k))
+            mask = class_map == k
+            if inside is not None:
+                mask &= inside
+            out.append(_region(f"alseg_c{int(k)}", CLASS_FROM_NAME, str(class_names[k]), mask))
     if risk_mask is not None and risk_mask.any():
         out.append(_region("alseg_risk", RISK_FROM_NAME, RISK_LABEL, risk_mask))
+    for unit, mask in (query_masks or {}).items():
+        if mask.any():
+            out.append(_region(f"alseg_query_{str(unit).replace(':', '-')}", QUERY_FROM_NAME, QUERY_LABEL, mask))
     return out
 
 
-def make_task(image_url: str, image_id: str, result: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"data": {"image": image_url, "alseg_id": image_id},
-            "predictions": [{"model_version": MODEL_VERSION, "result": result}]}
+def make_task(image_url: str, image_id: str, result: list[dict[str, Any]],
+              regions: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
+    """One task; ``regions`` (unit -> region ids) adds ``data.alseg_regions`` for a region query."""
+    data: dict[str, Any] = {"image": image_url, "alseg_id": image_id}
+    if regions is not None:
+        data["alseg_regions"] = {str(u): [int(r) for r in ids] for u, ids in regions.items()}
+    return {"data": data, "predictions": [{"model_version": MODEL_VERSION, "result": result}]}
 
 
 @dataclass
 class AnnotatedTask:
-    """One task of a Label Studio export: where it is (for messages), its image id and the result items
-    of its finished annotation (``None``: not annotated)."""
+    """One task of a Label Studio export: where it is (for messages), its image id, the result items
+    of its finished annotation (``None``: not annotated) and, for a region query, ``data.alseg_regions``."""
 
     where: str
     image_id: str
     results: list[dict[str, Any]] | None
+    regions: Any = None
 
 
 def read_export(path: str | os.PathLike) -> list[AnnotatedTask]:
@@ -132,7 +168,8 @@ def read_export(path: str | os.PathLike) -> list[AnnotatedTask]:
             if not isinstance(results, list):
                 raise InputError(f"{where}: the annotation's 'result' is not a list")
             chosen = results
-        out.append(AnnotatedTask(where=where, image_id=image_id, results=chosen))
+        out.append(AnnotatedTask(where=where, image_id=image_id, results=chosen,
+                                 regions=task["data"].get("alseg_regions")))
     return out
 
 
@@ -148,8 +185,8 @@ def class_map_from_results(results: list[dict[str, Any]], class_names: Sequence[
     for item in results:
         if not isinstance(item, dict):
             raise InputError(f"{where}: a result item is not an object")
-        if item.get("from_name") == RISK_FROM_NAME:
-            continue  # the risk hint alseg exported, not a class
+        if item.get("from_name") in HINT_FROM_NAMES:
+            continue  # the risk or region-query hint alseg exported, not a class
         value = item.get("value") if isinstance(item.get("value"), dict) else {}
         kind = item.get("type")
         labels = value.get("brushlabels", value.get("labels"))

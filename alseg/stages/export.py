@@ -18,6 +18,18 @@ Writes, into ``--out`` (a folder):
   of the images under their relative paths, so a task made from that folder has the names the archive
   uses) and ``manifest.json``.
 
+Region queries: when the ``--ids`` file is a labelled state (``select --unit patch:S|superpixel:N|pixel:P
+--out selected.jsonl``), each image's task shows the regions to label (:mod:`alseg.labeltools.regions`):
+
+- label-studio: ``data.alseg_regions`` (unit -> region ids), the class pre-annotation inside the queried
+  regions only, and the query layer ``alseg_query`` (label ``label this region``) painting them.
+- cvat: ``annotations.xml`` (CVAT for images 1.1: an ``alseg-query`` mask of the queried pixels under the
+  class masks of the prediction inside them) and ``labels.json`` instead of ``annotations.zip``.
+
+Superpixel maps come from ``region_maps`` (stores, one per unit), else from the store beside the pool file
+that ``select`` wrote (``<pool stem>.regions-<unit>.h5``), else they are computed with the default SLIC
+parameters. A plain id list exports exactly as before.
+
 Every file is written atomically; an existing one is refused unless ``overwrite``.
 """
 
@@ -29,7 +41,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -50,6 +62,8 @@ class ExportResult:
     n_with_risk: int = 0
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    n_regions: int | None = None  # region queries: the regions exported (None: whole images)
+    region_maps: dict[str, Any] = field(default_factory=dict)  # superpixel unit -> where its maps came from
 
 
 def upsample(maps: np.ndarray, size: tuple[int, int], *, align_corners: bool = False) -> np.ndarray:
@@ -101,9 +115,11 @@ def export(
     overwrite: bool = False,
     cfg_options: Mapping[str, Any] | None = None,
     batch_size: int = 8,
+    region_maps: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     progress: Callable[..., None] = _noop,
 ) -> ExportResult:
-    """Export the ids of ``selected_path`` for labeling in ``fmt`` (label-studio or cvat) into ``out_dir``."""
+    """Export the ids of ``selected_path`` for labeling in ``fmt`` (label-studio or cvat) into ``out_dir``;
+    a labelled-state ``selected_path`` exports its regions as region queries (see the module doc)."""
     from alseg import dataset as D
     from alseg import mm
     from alseg.files.atomic import check_not_input
@@ -111,6 +127,7 @@ def export(
     from alseg.files.idlist import read_ids
     from alseg.files.manifest import write_manifest
     from alseg.labeltools import image_name, image_relpath
+    from alseg.labeltools import regions as R
 
     t0 = time.perf_counter()
     if fmt not in FORMATS:
@@ -122,14 +139,30 @@ def export(
     if not 0.0 < risk_threshold <= 1.0:
         raise InputError(f"--risk-threshold must be in (0, 1], got {risk_threshold}")
     out_dir = Path(out_dir)
-    ids = read_ids(selected_path)
+    state = R.read_query_state(selected_path)  # None: a plain id list, exported as always
+    if state is None and region_maps:
+        raise InputError("--region-maps resolves the regions of a labelled state; --ids is a plain id list "
+                         "(whole images)")
+    stores = R.parse_region_maps(region_maps)
+    ids = read_ids(selected_path) if state is None else state.ids
     if not ids:
         raise InputError(f"{selected_path}: the id list is empty; nothing to export")
-    files = ["tasks.json", "labeling_config.xml"] if fmt == "label-studio" else ["annotations.zip"]
+    if fmt == "label-studio":
+        files = ["tasks.json", "labeling_config.xml"]
+    else:
+        files = ["annotations.zip"] if state is None else ["annotations.xml", "labels.json"]
     files.append("manifest.json")
     _check_out(out_dir, files, overwrite)
-    inputs = [selected_path, pool_path, scores_path]
+    inputs = [selected_path, pool_path, scores_path, *stores.values()]
     check_not_input([out_dir / f for f in files], inputs)
+    if state is not None:
+        from alseg.files.regionmaps import region_maps_path
+        from alseg.partial import superpixel_units
+
+        for unit in superpixel_units(state):  # the store select wrote beside the pool, when no other is given
+            beside = region_maps_path(pool_path, unit)
+            if unit not in stores and beside.is_file():
+                stores[unit] = beside
 
     cfg = mm.load_config(config_path, data_root=data_root, cfg_options=cfg_options)
     index = D.resolve(cfg, ids, str(selected_path))
@@ -157,6 +190,8 @@ def export(
                              f"({', '.join(class_names)}); export with the config the pool was inferred with")
         pool.rows(ids)  # one line naming the first id the pool lacks
 
+        resolver = R.RegionResolver(stores, lambda i: index.data_info(i)["img_path"])
+
         def predictions():
             progress(0, total=len(ids))
             for batch_ids, logits, _ in pool.iter_batches(batch_size, ids=ids):
@@ -167,48 +202,65 @@ def export(
                     if image_id in risk:
                         risk_up = upsample(risk[image_id][None], size, align_corners=align_corners)[0]
                         risk_mask = risk_up >= risk_threshold
-                    yield image_id, class_map, risk_mask
+                    if state is None:
+                        yield image_id, class_map, risk_mask
+                    else:
+                        masks = R.query_masks(state, image_id, size, resolver, str(selected_path))
+                        yield image_id, class_map, risk_mask, masks
                     progress(1)
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        if fmt == "label-studio":
-            n_with_risk = _write_label_studio(out_dir, index, class_names, predictions(), image_root_url,
-                                              risk_layer=risk_layer)
-        else:
-            n_with_risk = 0
-            _write_cvat(out_dir, index, class_names, predictions(), image_name)
+        with resolver:
+            if fmt == "label-studio":
+                n_with_risk = _write_label_studio(out_dir, index, class_names, predictions(), image_root_url,
+                                                  risk_layer=risk_layer, state=state)
+            elif state is None:
+                n_with_risk = 0
+                _write_cvat(out_dir, index, class_names, predictions(), image_name)
+            else:
+                n_with_risk = 0
+                _write_cvat_queries(out_dir, index, class_names, predictions())
     for src, dst in copies:
         _copy_atomic(src, dst)
 
     result = ExportResult(format=fmt, out_dir=str(out_dir), files=[str(out_dir / f) for f in files[:-1]],
                           n_images=len(ids), ids=ids, class_names=list(class_names), n_with_risk=n_with_risk,
                           warnings=warnings, seconds=time.perf_counter() - t0)
+    if state is not None:
+        result.n_regions = sum(len(r) for units in state.images.values() for u, r in units.items() if u != "image")
+        result.region_maps = resolver.info
     if copies:
         result.files.append(str(out_dir / "images"))
     write_manifest(out_dir, stage="export", args={
         "selected_path": selected_path, "pool_path": pool_path, "config_path": config_path, "format": fmt,
         "data_root": data_root, "image_root_url": image_root_url, "scores_path": scores_path,
-        "risk_layer": risk_layer, "risk_threshold": risk_threshold},
+        "risk_layer": risk_layer, "risk_threshold": risk_threshold,
+        "region_maps": [str(p) for p in stores.values()]},
         inputs=inputs, outputs=[out_dir / f for f in files[:-1]], seconds=result.seconds, result=result)
     return result
 
 
-def _write_label_studio(out_dir: Path, index, class_names, predictions, image_root_url, *, risk_layer: bool) -> int:
+def _write_label_studio(out_dir: Path, index, class_names, predictions, image_root_url, *, risk_layer: bool,
+                        state=None) -> int:
     from alseg.files.atomic import write_text_atomic
     from alseg.labeltools import class_colours, image_relpath
     from alseg.labeltools import labelstudio as LS
+    from alseg.labeltools.regions import regions_record
 
     tasks, n_risk = [], 0
-    for image_id, class_map, risk_mask in predictions:
+    for image_id, class_map, risk_mask, *query in predictions:
         if image_root_url is not None:
             url = image_root_url + image_relpath(index, image_id)
         else:
             url = str(Path(index.data_info(image_id)["img_path"]).resolve())
-        result = LS.prediction_result(class_map, class_names, risk_mask=risk_mask)
+        masks = query[0] if query else None
+        result = LS.prediction_result(class_map, class_names, risk_mask=risk_mask, query_masks=masks)
         n_risk += int(any(r["from_name"] == LS.RISK_FROM_NAME for r in result))
-        tasks.append(LS.make_task(url, image_id, result))
+        regions = None if state is None else regions_record(state.images[image_id])
+        tasks.append(LS.make_task(url, image_id, result, regions=regions))
     colours = class_colours(len(class_names), _palette(index))
-    write_text_atomic(out_dir / LS.CONFIG_NAME, LS.labeling_config(class_names, colours, risk=risk_layer))
+    write_text_atomic(out_dir / LS.CONFIG_NAME, LS.labeling_config(class_names, colours, risk=risk_layer,
+                                                                   query=state is not None))
     write_text_atomic(out_dir / LS.TASKS_NAME, json.dumps(tasks, separators=(",", ":")) + "\n")
     return n_risk
 
@@ -228,6 +280,29 @@ def _write_cvat(out_dir: Path, index, class_names, predictions, image_name) -> N
 
     with atomic_path(out_dir / CV.ARCHIVE_NAME) as tmp:
         CV.write_archive(tmp, labelmap, items())
+
+
+def _write_cvat_queries(out_dir: Path, index, class_names, predictions) -> None:
+    """Region queries for CVAT: ``annotations.xml`` (CVAT for images 1.1) and ``labels.json``."""
+    from alseg.files.atomic import atomic_path, write_text_atomic
+    from alseg.labeltools import cvat as CV
+    from alseg.labeltools import image_relpath
+    from alseg.labeltools.regions import union
+
+    labelmap = CV.query_labelmap(class_names, _palette(index))
+
+    def images():
+        for image_id, class_map, _, masks in predictions:
+            inside = union(masks, class_map.shape)
+            shapes = [(CV.QUERY_LABEL, inside, 0)]
+            for k in np.unique(class_map[inside]):
+                if 0 <= k < len(class_names):
+                    shapes.append((str(class_names[k]), (class_map == k) & inside, 1))
+            yield image_relpath(index, image_id), class_map.shape[1], class_map.shape[0], shapes
+
+    with atomic_path(out_dir / CV.XML_NAME) as tmp:
+        CV.write_query_xml(tmp, labelmap, images())
+    write_text_atomic(out_dir / CV.LABELS_NAME, CV.labels_json(labelmap))
 
 
 def _copy_atomic(src: str, dst: Path) -> None:

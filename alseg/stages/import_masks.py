@@ -13,6 +13,14 @@ to that id list (those already in it are not repeated).
 All or nothing: every mask is decoded and checked (class names, sizes, existing masks without
 ``overwrite``) and written to a temporary file beside its target before any target is touched; then the
 temporaries are renamed into place. A failure before that point leaves the dataset as it was.
+
+Region queries (``ids_path``: the labelled state ``export --ids`` was given, :mod:`alseg.labeltools.regions`):
+each mask keeps the returned labels inside the image's queried regions only; every other pixel is
+unlabeled. The result is a partial label map. An existing mask is updated, not refused: pixels outside the
+queried regions keep their value, and so do pixels inside them that already carry a label, unless
+``overwrite`` (then the new answer replaces them inside the queried regions). With ``labeled_path`` the
+regions are merged into that labelled state (created if missing), which ``alseg train --labeled`` and
+``alseg select --labeled`` read.
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ class ImportResult:
     n_added_to_labeled: int = 0
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    n_regions: int | None = None  # region queries: the regions imported (None: whole images)
+    region_maps: dict[str, Any] = field(default_factory=dict)  # superpixel unit -> where its maps came from
 
 
 @dataclass
@@ -52,6 +62,7 @@ class _Item:
     where: str
     image_id: str
     decode: Callable[[tuple[int, int]], np.ndarray | None]  # (H, W) -> class map, None: nothing painted
+    regions: Any = None  # Label Studio: the task's data.alseg_regions (a region query), for a cross-check
 
 
 def mask_coding(info: Mapping[str, Any], n_classes: int, ignore_index: int, where: str) -> tuple[np.ndarray, int]:
@@ -120,7 +131,7 @@ def _label_studio_items(path: Path, cfg, class_names_of, skipped: list[str]):
     def decoder(task):
         return lambda size: LS.class_map_from_results(task.results, names, where=task.where, size=size)
 
-    return index, [_Item(where=t.where, image_id=t.image_id, decode=decoder(t)) for t in done]
+    return index, [_Item(where=t.where, image_id=t.image_id, decode=decoder(t), regions=t.regions) for t in done]
 
 
 def _cvat_items(export, cfg, class_names_of):
@@ -143,6 +154,40 @@ def _cvat_items(export, cfg, class_names_of):
     return index, [_Item(where=export.where(n), image_id=i, decode=decoder(n)) for n, i in zip(export.names, ids)]
 
 
+def _read_mask(path: Path, size: tuple[int, int], where: str) -> np.ndarray:
+    """An existing mask as mmseg stores it (H, W), to update with a region answer."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            old = np.asarray(im)
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read the existing mask ({type(exc).__name__}: {exc}); {where}") from None
+    if old.ndim != 2 or old.dtype != np.uint8:
+        raise InputError(f"{path}: the existing mask is not a single-channel 8-bit image; cannot add regions to it")
+    if old.shape != tuple(size):
+        raise InputError(f"{path}: the existing mask is {old.shape[1]}x{old.shape[0]} but the image is "
+                         f"{size[1]}x{size[0]}")
+    return old
+
+
+def _labelled_target(labeled_path: Path) -> Any:
+    """The labelled state at ``labeled_path`` to merge imported regions into (empty when missing)."""
+    from alseg.files.labelled import LabelledState
+    from alseg.partial import read_labels
+
+    if not labeled_path.exists():
+        return LabelledState(), []
+    state, is_state = read_labels(labeled_path)
+    if is_state:
+        return state, []
+    if labeled_path.suffix != ".jsonl":
+        raise InputError(f"{labeled_path}: a plain id list; importing regions writes a labelled state (JSON "
+                         f"Lines), so --labeled must be a .jsonl path: cp {labeled_path} "
+                         f"{labeled_path.with_suffix('.jsonl')} and pass that")
+    return state, [f"{labeled_path}: a plain id list, rewritten as a labelled state (JSON Lines)"]
+
+
 def _save_mask(array: np.ndarray, path: Path, fmt: str) -> None:
     from PIL import Image
 
@@ -162,22 +207,41 @@ def import_masks(
     labeled_path: str | os.PathLike | None = None,
     overwrite: bool = False,
     cfg_options: Mapping[str, Any] | None = None,
+    ids_path: str | os.PathLike | None = None,
+    region_maps: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     progress: Callable[..., None] = _noop,
 ) -> ImportResult:
-    """Write the finished masks of a labeling tool's export into the dataset (see module doc)."""
+    """Write the finished masks of a labeling tool's export into the dataset (see module doc); with
+    ``ids_path`` (a labelled state of regions) as partial label maps of the queried regions."""
     from alseg import mm
     from alseg.files.atomic import check_not_input, fsync_dir, temp_path, write_error
     from alseg.files.idlist import read_ids, write_ids
     from alseg.labeltools import UNLABELED
+    from alseg.labeltools import regions as R
     from alseg.labeltools.cvat import CvatExport
 
     t0 = time.perf_counter()
     if fmt not in FORMATS:
         raise InputError(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     export_path = Path(export_path)
+    query = None
+    stores: dict[str, Path] = {}
+    warnings: list[str] = []
+    if ids_path is not None:
+        query = R.read_query_state(ids_path)
+        if query is None:
+            raise InputError(f"{ids_path}: a plain id list; --ids takes the labelled state of the regions that were "
+                             "exported (`select --unit ... --out selected.jsonl`); whole images need no --ids")
+        stores = R.parse_region_maps(region_maps)
+    elif region_maps:
+        raise InputError("--region-maps resolves the regions of --ids selected.jsonl; pass --ids too")
     if labeled_path is not None:
-        check_not_input([labeled_path], [export_path])
-        labeled = read_ids(labeled_path, allow_missing=True)
+        check_not_input([labeled_path], [export_path, ids_path, *stores.values()])
+        if query is None:
+            labeled = read_ids(labeled_path, allow_missing=True)
+        else:
+            labeled_state, notes = _labelled_target(Path(labeled_path))
+            warnings += notes
     cfg = mm.load_config(config_path, data_root=data_root, cfg_options=cfg_options)
 
     def class_names_of(index) -> list[str]:
@@ -191,6 +255,20 @@ def import_masks(
             export = stack.enter_context(CvatExport(export_path))
             index, items = _cvat_items(export, cfg, class_names_of)
         n_classes = len(class_names_of(index))
+        if query is not None:
+            for item in items:
+                if item.image_id not in query.images:
+                    raise InputError(f"{item.where}: image {item.image_id!r} is not in {ids_path}; import with the "
+                                     "--ids file the tasks were exported from")
+                want = R.regions_record(query.images[item.image_id])
+                if item.regions is not None and item.regions != want:
+                    raise InputError(f"{item.where}: the task was exported for regions {item.regions} but {ids_path} "
+                                     f"lists {want}; import with the --ids file the tasks were exported from")
+            missing = [i for i in query.ids if i not in {item.image_id for item in items}]
+            if missing:
+                warnings.append(f"{len(missing)} image(s) of {ids_path} have no annotation in {export_path} "
+                                f"(e.g. {missing[0]!r}); their regions stay unlabelled")
+        resolver = stack.enter_context(R.RegionResolver(stores, lambda i: index.data_info(i)["img_path"]))
 
         # 1. where each mask goes; refuse duplicates, existing masks and lossy formats before decoding
         seen: dict[str, str] = {}
@@ -209,16 +287,17 @@ def import_masks(
                                  "use a dataset with seg_map_suffix='.png'")
             if target.is_dir():
                 raise InputError(f"{target}: is a folder, not a mask file")
-            if target.exists() and not overwrite:
+            if target.exists() and not overwrite and query is None:
                 raise OutputExistsError(f"{target}: a mask exists for {item.image_id!r} ({item.where}); pass "
                                         "--overwrite to replace it")
             targets.append(target)
-        check_not_input(targets, [export_path, labeled_path])
+        check_not_input(targets, [export_path, labeled_path, ids_path])
 
         # 2. decode, check and stage every mask beside its target; nothing visible changes yet
         staged: list[tuple[Path, Path]] = []
         made: list[Path] = []
         progress(0, total=len(items))
+        n_kept = n_unpainted = 0
         try:
             for item, target in zip(items, targets):
                 info = index.data_info(item.image_id)
@@ -227,8 +306,18 @@ def import_masks(
                 if class_map is None:
                     raise InputError(f"{item.where}: the annotation paints no class; delete it or label the image")
                 lut, unlabeled = mask_coding(info, n_classes, index.ignore_index, item.where)
+                if query is not None:  # keep the labels inside the queried regions only
+                    units = query.images[item.image_id]
+                    inside = R.union(R.query_masks(query, item.image_id, size, resolver, str(ids_path)), size)
+                    class_map = np.where(inside, class_map, UNLABELED)
+                    n_unpainted += R.unpainted_regions(units, item.image_id, class_map != UNLABELED, resolver)
                 stored = np.where(class_map == UNLABELED, unlabeled, lut[np.clip(class_map, 0, None)])
                 stored = stored.astype(np.uint8)
+                if query is not None and target.exists():  # add the regions to the mask already there
+                    old = _read_mask(target, size, item.where)
+                    replace = inside if overwrite else inside & (old == unlabeled)
+                    n_kept += int((inside & ~replace & (old != stored)).sum())
+                    stored = np.where(replace, stored, old).astype(np.uint8)
                 for folder in (target.parent, *target.parent.parents):
                     if folder.exists():
                         break
@@ -260,15 +349,32 @@ def import_masks(
 
     imported = [item.image_id for item in items]
     added = 0
-    warnings: list[str] = []
     if skipped:
         warnings.append(f"{len(skipped)} task(s) have no finished annotation and were skipped (e.g. {skipped[0]!r})")
-    if labeled_path is not None:
+    n_regions = None
+    if query is not None:
+        n_regions = sum(len(r) for i in imported for u, r in query.images[i].items() if u != "image")
+        if n_kept:
+            warnings.append(f"{n_kept} pixel(s) inside the queried regions already carried another label in the "
+                            "existing masks and kept it; pass --overwrite to take the new answer there")
+        if n_unpainted:
+            warnings.append(f"{n_unpainted} queried region(s) came back with no pixel labelled; they are recorded "
+                            "as labelled all the same (their pixels stay unlabeled)")
+    if labeled_path is not None and query is None:
         have = set(labeled)
         new = [i for i in imported if i not in have]
         write_ids(labeled_path, labeled + new)
         added = len(new)
+    elif labeled_path is not None:
+        from alseg.files.labelled import Labelled, merge_labelled, write_labelled
+
+        before = set(labeled_state.ids)
+        merged = merge_labelled(labeled_state, [Labelled(i, u, tuple(r)) for i in imported
+                                                for u, r in query.images[i].items()])
+        write_labelled(labeled_path, merged)
+        added = sum(1 for i in imported if i not in before)
     return ImportResult(format=fmt, export_path=str(export_path), imported=imported,
                         mask_paths=[str(t) for t in targets], skipped=skipped,
                         labeled_updated=None if labeled_path is None else str(labeled_path),
-                        n_added_to_labeled=added, warnings=warnings, seconds=time.perf_counter() - t0)
+                        n_added_to_labeled=added, warnings=warnings, seconds=time.perf_counter() - t0,
+                        n_regions=n_regions, region_maps=dict(resolver.info))
