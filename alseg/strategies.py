@@ -13,10 +13,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from alseg.errors import InputError, NonFiniteError, UnknownName
+
+if TYPE_CHECKING:  # torch is imported where it is used: scoring with NumPy alone need not load it (seconds)
+    import torch
 
 __all__ = [
     "AGGREGATIONS",
@@ -36,6 +40,7 @@ __all__ = [
     "get_pixel_scorer",
     "image_scores",
     "pixel_entropy",
+    "pixel_entropy_from_logits",
     "pixel_least_confidence",
     "pixel_margin",
     "softmax",
@@ -119,6 +124,30 @@ def pixel_entropy(probs: np.ndarray) -> np.ndarray:
     plogp = np.where(positive, p * np.log(np.where(positive, p, 1.0)), 0.0)
     h = -plogp.sum(axis=1) / np.float32(math.log(n_classes))
     return np.clip(h, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def pixel_entropy_from_logits(logits: np.ndarray) -> np.ndarray:
+    """:func:`pixel_entropy` of ``softmax(logits)`` without forming the probabilities: with x = z - max_k z
+    and Z = sum_k e^x, H = log Z - sum_k e^x x / Z (so 0 log 0 = 0 holds by itself), normalised by log K.
+
+    Fewer passes over the (N, K, H, W) array than softmax + entropy, and no log per class: ``score``'s
+    entropy path. Non-finite logits give NaN for their pixels (the caller reports them). Agrees with
+    ``pixel_entropy(softmax(logits))`` to float32 rounding.
+    """
+    x = np.asarray(logits)
+    if x.ndim != 4:
+        raise InputError(f"logits must have shape (N, K, H, W), got shape {x.shape}")
+    n_classes = x.shape[1]
+    if n_classes <= 1:
+        return np.zeros((x.shape[0],) + x.shape[2:], dtype=np.float32)
+    x = x.astype(np.float32, copy=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        x -= x.max(axis=1, keepdims=True)
+        e = np.exp(x)
+        z = e.sum(axis=1)
+        e *= x
+        h = (np.log(z) - e.sum(axis=1) / z) / np.float32(math.log(n_classes))
+    return np.clip(h, 0.0, 1.0, out=h, where=~np.isnan(h))
 
 
 def pixel_margin(probs: np.ndarray) -> np.ndarray:
@@ -212,6 +241,8 @@ def image_scores(
     if x.ndim != 4:
         raise InputError(f"logits must have shape (N, K, H, W), got shape {x.shape}")
     check_finite(x, ids, "logits")
+    if scorer == "entropy":  # the same numbers as `score`'s entropy path
+        return aggregate(pixel_entropy_from_logits(x), aggregation, q)
     return aggregate(pixel_scorer(softmax(x, axis=1)), aggregation, q)
 
 
@@ -266,6 +297,8 @@ def contextual_diversity(logits: np.ndarray, ids: Sequence[str] | None = None) -
     if x.ndim != 4:
         raise InputError(f"logits must have shape (N, K, H, W), got shape {x.shape}")
     check_finite(x, ids, "logits")
+    import torch
+
     n_images, n_classes = x.shape[:2]
     probs = softmax(x, axis=1)
     h = pixel_entropy(probs)  # (N, H, W)
@@ -414,7 +447,7 @@ def badge_logit_dim(n_classes: int, height: int, width: int, params: dict) -> in
     return n_classes * (height // s) * (width // s)
 
 
-def badge_last_layer_embedding(logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+def badge_last_layer_embedding(logits: "torch.Tensor", features: "torch.Tensor") -> "torch.Tensor":
     """BADGE ``last-layer`` embedding G = (1/|Omega|) sum_u g(u) h(u)^T, flattened row-major (K, D).
 
     ``logits`` (N, K, H, W) and ``features`` (N, D, H, W) torch tensors at the same H, W (h = the
@@ -428,6 +461,8 @@ def badge_last_layer_embedding(logits: torch.Tensor, features: torch.Tensor) -> 
             f"logits {tuple(logits.shape)} and features {tuple(features.shape)} differ in N, H or W; "
             f"resize the logits to the feature resolution first"
         )
+    import torch
+
     n_images, n_classes, height, width = logits.shape
     probs = torch.softmax(logits.float(), dim=1)
     yhat = probs.argmax(dim=1)

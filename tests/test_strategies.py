@@ -197,3 +197,23 @@ def test_badge_last_layer_matches_loop():
     np.testing.assert_allclose(got.numpy(), ref.badge_last_layer_loop(x, f), rtol=1e-5, atol=1e-6)
     with pytest.raises(InputError):
         S.badge_last_layer_embedding(torch.from_numpy(x), torch.from_numpy(f[:, :, :2]))
+
+
+def test_entropy_from_logits_equals_entropy_of_softmax_and_flags_non_finite():
+    """score's entropy path (log Z - sum e^x x / Z) against the textbook -sum p log p on the softmax,
+    including saturated logits (p underflows to 0) and K = 1; a NaN or inf logit makes its pixel NaN."""
+    from alseg.strategies import pixel_entropy, pixel_entropy_from_logits, softmax
+
+    rng = np.random.default_rng(4)
+    z = rng.normal(0, 3, (3, 5, 4, 6)).astype(np.float32)
+    z[0, 0, 0, 0] = 200.0  # one class takes everything: entropy 0
+    z[1, :, 1, 1] = -80.0  # all equal: entropy 1
+    got = pixel_entropy_from_logits(z)
+    np.testing.assert_allclose(got, pixel_entropy(softmax(z)), atol=2e-6)
+    assert got[0, 0, 0] == pytest.approx(0.0, abs=1e-6) and got[1, 1, 1] == pytest.approx(1.0, abs=1e-6)
+    assert (pixel_entropy_from_logits(z[:, :1]) == 0).all()
+    bad = z.copy()
+    bad[2, 3, 2, 5] = np.inf
+    bad[1, 0, 3, 0] = np.nan
+    nan = np.isnan(pixel_entropy_from_logits(bad))
+    assert nan.sum() == 2 and nan[2, 2, 5] and nan[1, 3, 0]

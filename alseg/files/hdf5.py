@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -327,6 +328,50 @@ def chunk_tile(
         else:
             cw = (cw + 1) // 2
     return ch, cw
+
+
+READ_AHEAD_BATCHES = 2  # PoolReader asks the kernel for the chunks of this many batches ahead
+
+
+class _ReadAhead:
+    """``posix_fadvise(WILLNEED)`` over the stored chunks of given rows of chunked datasets: the kernel reads
+    them in the background, so a cold (uncached) pool streams while the caller computes. Rows already hinted
+    are not hinted again. A no-op where the platform or the file layout does not allow it."""
+
+    def __init__(self, path: Path, datasets: Sequence[Any]):
+        self.fd = None
+        self.datasets = [ds for ds in datasets if ds.chunks is not None and ds.compression != "szip"]
+        self.done: set[int] = set()
+        if self.datasets and hasattr(os, "posix_fadvise"):
+            try:
+                self.fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                self.fd = None
+
+    def hint(self, rows: np.ndarray) -> None:
+        if self.fd is None:
+            return
+        try:
+            for row in (int(r) for r in rows):
+                if row in self.done:
+                    continue
+                self.done.add(row)
+                for ds in self.datasets:
+                    tiles = [range(0, n, c) for n, c in zip(ds.shape[1:], ds.chunks[1:])]
+                    for coord in itertools.product(*tiles):
+                        info = ds.id.get_chunk_info_by_coord((row, *coord))
+                        if info.byte_offset is not None and info.size:
+                            os.posix_fadvise(self.fd, info.byte_offset, info.size, os.POSIX_FADV_WILLNEED)
+        except (OSError, ValueError, KeyError, AttributeError):
+            self.close()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _runs(sizes: np.ndarray) -> list[np.ndarray]:
@@ -1133,8 +1178,12 @@ class PoolReader:
             raise InputError(f"{self.path}: has no /labels; rerun `alseg infer --with-labels` on a labeled set")
         rows = np.arange(len(self.ids)) if ids is None else self.rows(ids)
         datasets, labels_ds = [self.fh[n] for n in names], (self.fh["labels"] if with_labels else None)
+        ahead = _ReadAhead(self.path, datasets + ([labels_ds] if labels_ds is not None else []))
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
+            # the kernel fetches the next batches' chunks while this one is read and scored (h5py holds the
+            # GIL while it waits on the disk; the kernel's read-ahead does not)
+            ahead.hint(rows[start + batch_size : start + (1 + READ_AHEAD_BATCHES) * batch_size])
             for run in _runs(self.sizes[batch]):
                 sel = batch[run]
                 h, w = (int(s) for s in self.sizes[sel[0]])

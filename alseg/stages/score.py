@@ -281,15 +281,24 @@ def score(
                 out["crc"] = (u.cpu().numpy(), v.cpu().numpy(), maps)
             return out
 
+        needs_probs = any(name not in ("entropy", *MC_SCORES) for name in names) or crc_thresholds is not None
+
         def compute(ids: list[str], logits: np.ndarray, _labels: Any) -> dict[str, Any]:
             # pure per-batch work (the same functions whatever the thread): results in, file order kept
             if on_device:
                 return compute_on_device(ids, logits, _labels)
+            out: dict[str, Any] = {}
+            if "entropy" in names:  # from the logits directly: half the passes of softmax + entropy
+                h = S.pixel_entropy_from_logits(logits)
+                if np.isnan(h).any():  # non-finite logits: the error names the images
+                    S.check_finite(logits, ids, what=f"logits in {pool_path}")
+                out["entropy"] = S.aggregate(h, aggregation, q)
+            if not needs_probs:
+                return out
             S.check_finite(logits, ids, what=f"logits in {pool_path}")
             probs = S.softmax(logits, axis=1)
-            out: dict[str, Any] = {}
             for name in names:
-                if name in SCALAR_SCORES:
+                if name in SCALAR_SCORES and name != "entropy":
                     out[name] = S.aggregate(S.PIXEL_SCORERS[name](probs), aggregation, q)
             if "contextual-diversity" in names:
                 out["contextual-diversity"], out["contextual-diversity-present"] = S.contextual_diversity(logits)
