@@ -100,13 +100,18 @@ def infer(config: PathLike, *, checkpoint: PathLike, ids: PathLike, out: PathLik
 
 def score(pool: PathLike, *, strategy: str | Iterable[str], out: PathLike, calibration: PathLike | None = None,
           aggregation: str = "mean", q: float = 10.0, save_risk_maps: int = 0, batch_size: int = 16,
-          device: str = "cpu", overwrite: bool = False, progress: Progress = None):
-    """``alseg score``: image scores and strategy embeddings of every image of ``pool`` into ``out``."""
+          device: str = "cpu", overwrite: bool = False, progress: Progress = None, unit: str = "image",
+          region_reduction: str = "mean", region_store: PathLike | None = None, dataset_config: str | None = None,
+          data_root: PathLike | None = None):
+    """``alseg score``: image scores and strategy embeddings of every image of ``pool`` into ``out`` (with a
+    region ``unit``: the score of every region, for ``select(unit=..., scores=...)``)."""
     from alseg.stages.score import score as _score
 
     return _score(pool, strategies=_names(strategy), out_path=out, calibration_path=calibration,
                   aggregation=aggregation, q=q, save_risk_maps=save_risk_maps, batch_size=batch_size,
-                  device=device, overwrite=overwrite, progress=_progress(progress))
+                  device=device, overwrite=overwrite, progress=_progress(progress), unit=unit,
+                  region_reduction=region_reduction, region_store=region_store, dataset_config=dataset_config,
+                  data_root=data_root)
 
 
 def calibrate(pool: PathLike, *, out: PathLike, alpha: float = 0.05, bins: int = 1000, t_min: float = 0.001,
@@ -130,7 +135,8 @@ def select(*, strategy: str, budget: int | None = None, labeled: PathLike, out: 
            exclude_classes: str | None = None, min_count: int = 1, class_share: float = 0.66,
            unit: str = "image", budget_pixels: str | int | None = None, budget_clicks: int | None = None,
            region_reduction: str = "mean", max_per_image: int | None = None, annotation: str = "precise",
-           dataset_config: str | None = None, data_root: PathLike | None = None):
+           dataset_config: str | None = None, data_root: PathLike | None = None,
+           region_store: PathLike | None = None):
     """``alseg select``: the ``budget`` images to label next, written to ``out`` (and appended to ``labeled``
     with ``update``). With a region ``unit`` (``patch:S``, ``superpixel:N``, ``pixel:P``) the regions to label
     next under one of ``budget`` (regions), ``budget_pixels`` (``"2%"`` or a count) or ``budget_clicks``,
@@ -145,7 +151,7 @@ def select(*, strategy: str, budget: int | None = None, labeled: PathLike, out: 
                    round=round, exclude_classes=exclude_classes, min_count=min_count, class_share=class_share,
                    unit=unit, budget_pixels=budget_pixels, budget_clicks=budget_clicks,
                    region_reduction=region_reduction, max_per_image=max_per_image, annotation=annotation,
-                   dataset_config=dataset_config, data_root=data_root)
+                   dataset_config=dataset_config, data_root=data_root, region_store=region_store)
 
 
 def run(experiment: PathLike, *, out: PathLike | None = None, seeds: str | Iterable[int] | None = None,

@@ -31,6 +31,21 @@ def main(
     device: Annotated[str, typer.Option(help=(
         "Where scores are computed: cpu (default, NumPy on worker threads) or auto, cuda, cuda:N, mps (torch; "
         "BADGE pooling and saved risk maps stay on the CPU)."))] = "cpu",
+    unit: Annotated[str, typer.Option(metavar="UNIT", help=(
+        "image (default: one score per image) or patch:S / superpixel:N: the score of every region of every "
+        "image, into a region-scores file that `select --unit UNIT --scores FILE` reads instead of the logits."))
+    ] = "image",
+    region_reduction: Annotated[str, typer.Option(metavar="HOW", help=(
+        "Region units: how a region's score reduces its pixel scores: mean, sum, max or top-q (with --q)."))
+    ] = "mean",
+    region_store: Annotated[Optional[Path], typer.Option(metavar="PATH", help=(
+        "superpixel:N: the region-map store to read and extend (default: beside POOL); give select the same."))
+    ] = None,
+    dataset_config: Annotated[Optional[str], typer.Option(metavar="CONFIG", help=(
+        "Region units: the mmseg config whose dataset holds the original images (default: the one POOL records)."))
+    ] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help=(
+        "Region units: dataset folder (default: the one POOL records)."))] = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     json: Json = False,
@@ -50,7 +65,9 @@ def main(
     with progress_bar("score", quiet=quiet) as bar:
         result = score(pool, strategies=[n.strip() for n in strategy.split(",") if n.strip()], out_path=out_path, calibration_path=calibration,
                        aggregation=aggregation, q=q, save_risk_maps=save_risk_maps, batch_size=batch_size,
-                       device=device, overwrite=overwrite, progress=bar)
+                       device=device, overwrite=overwrite, progress=bar, unit=unit,
+                       region_reduction=region_reduction, region_store=region_store, dataset_config=dataset_config,
+                       data_root=data_root)
     if json:
         print_json(to_jsonable(result))
     else:

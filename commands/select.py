@@ -67,10 +67,12 @@ def main(
         "none (default: a class named background)."))] = None,
     min_count: Annotated[int, typer.Option(help="random-stratified: cells of a class that put an image in its stratum.")] = 1,
     class_share: Annotated[float, typer.Option(help="clasp: share of the budget split over the class strata.")] = 0.66,
-    unit: Annotated[str, typer.Option(metavar="UNIT", help=(
+    unit: Annotated[Optional[str], typer.Option(metavar="UNIT", help=(
         "What one query is: image (default, whole images), patch:S (S x S tiles at original size), superpixel:N "
         "(SLIC, about N per image; maps stored beside --pool and reused) or pixel:P (the P best pixels per "
-        "image). Region units take entropy, margin, least-confidence or random. docs/regions.md."))] = "image",
+        "image). Region units take entropy, margin, least-confidence or random. --unit image with --budget-pixels "
+        "or --budget-clicks: whole images in score order, each taken if it fits. docs/regions.md."),
+        show_default=False)] = None,
     budget_pixels: Annotated[Optional[str], typer.Option(metavar="P%|COUNT", help=(
         "Region units: budget in labelled pixels at original resolution, a percentage of all pool pixels (2%) "
         "or a count. Instead of --budget; never exceeded."))] = None,
@@ -91,6 +93,9 @@ def main(
         "one --pool records)."))] = None,
     data_root: Annotated[Optional[Path], typer.Option(help=(
         "Region units: dataset folder (default: the one --pool records)."))] = None,
+    region_store: Annotated[Optional[Path], typer.Option(metavar="PATH", help=(
+        "superpixel:N: the region-map store to read and extend (default: POOL_STEM.regions-superpixel-N.h5 beside "
+        "--pool); one store kept across rounds computes every map once."))] = None,
     device: Device = "auto",
     update: Annotated[bool, typer.Option(help=(
         "Also append the selection to --labeled (region units: merge into the labelled-state file; a plain id "
@@ -114,8 +119,14 @@ def main(
     Regions: alseg select --strategy entropy --unit superpixel:500 --budget-pixels 1% --labeled labelled.jsonl
     --pool pool.h5 --out round2.jsonl --update
     """
+    from alseg.errors import InputError
     from alseg.stages.select import select
 
+    if unit is None and (budget_pixels is not None or budget_clicks is not None):
+        raise InputError(f"{'--budget-pixels' if budget_pixels is not None else '--budget-clicks'} counts pixels or "
+                         "clicks of regions: use a region unit (--unit patch:S, superpixel:N or pixel:P), or --unit "
+                         "image for whole images under that budget")
+    unit = unit or "image"
     with progress_bar("select", quiet=quiet) as bar:
         result = select(strategy, budget=budget, labeled_path=labeled, out_path=out_path, pool_path=pool,
                         scores_path=scores, pool_ids_path=pool_ids, calibration_path=calibration, seed=seed,
@@ -125,7 +136,8 @@ def main(
                         progress=bar, oracle=oracle, round=round_, exclude_classes=exclude_classes,
                         min_count=min_count, class_share=class_share, unit=unit, budget_pixels=budget_pixels,
                         budget_clicks=budget_clicks, region_reduction=region_reduction, max_per_image=max_per_image,
-                        annotation=annotation, dataset_config=dataset_config, data_root=data_root)
+                        annotation=annotation, dataset_config=dataset_config, data_root=data_root,
+                        region_store=region_store)
     for message in result.warnings:
         warn(message)
     if json:

@@ -340,3 +340,144 @@ def test_hostile_cli(world, tmp_path, args, message):
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], p.stderr
     assert not out.exists() and not Path(str(out) + ".manifest.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ crc risk and MC scores
+
+
+def _patch_top(pixel_scores: dict[str, np.ndarray], size: int, budget: int) -> list[tuple[str, int]]:
+    """Top ``budget`` patches by the mean score of the 8 x 8 logit cells whose centre (4i+2, 4j+2) lies in
+    them (ties by id, then region), by loops."""
+    cols = -(-32 // size)
+    cands = []
+    for image_id, s in pixel_scores.items():
+        sums: dict[int, list[float]] = {}
+        for i in range(8):
+            for j in range(8):
+                sums.setdefault(((4 * i + 2) // size) * cols + (4 * j + 2) // size, []).append(float(s[i, j]))
+        cands += [(-sum(v) / len(v), image_id, r) for r, v in sums.items()]
+    return [(i, r) for _, i, r in sorted(cands)[:budget]]
+
+
+def test_crc_risk_scores_regions(world, tmp_path):
+    """--strategy crc --unit patch: regions ranked by the mean CRC risk r(u) of their cells (§9.2), the risk
+    computed here by the loop reference of tests/reference_crc.py."""
+    from conftest import make_calibration
+    from reference_crc import image_scores_loop
+
+    pool = _fresh_pool(world, tmp_path)
+    cal = make_calibration(tmp_path / "crc.json")  # 4 classes: rebuild it for the demo's 7
+    doc = json.loads(cal.read_text())
+    doc.update(class_names=[f"c{k}" for k in range(K)], thresholds=[0.3, 0.15, 0.0, 0.22, 0.1, 0.2, 0.05],
+               query_thresholds=[0.3, 0.15, 0.001, 0.22, 0.1, 0.2, 0.05], n_images=[40] * K,
+               uncalibrated=[False, False, True, False, False, False, False],
+               calibrated=[True, True, False, True, True, True, True])
+    cal.write_text(json.dumps(doc))
+    labelled = write_labelled(tmp_path / "labelled.jsonl", LabelledState())
+    res = select("crc", unit="patch:16", budget=5, labeled_path=labelled, out_path=tmp_path / "c.jsonl",
+                 pool_path=pool, calibration_path=cal)
+    risk = {}
+    for i in world["ids"]:
+        z = world["logits"][i].astype(np.float64)
+        p = np.exp(z - z.max(0)) / np.exp(z - z.max(0)).sum(0)
+        risk[i] = image_scores_loop(p[None], doc["query_thresholds"])[3][0]
+    assert sorted((s["id"], r) for s in res.selected for r in s["regions"]) == sorted(_patch_top(risk, 16, 5))
+    with pytest.raises(Exception, match="needs --calibration"):
+        select("crc", unit="patch:16", budget=5, labeled_path=labelled, out_path=tmp_path / "d.jsonl", pool_path=pool)
+
+
+@pytest.mark.parametrize("name", ["bald", "mc-entropy", "variation-ratio"])
+def test_mc_scores_rank_regions(world, tmp_path, name):
+    """MC strategies with a region unit: regions ranked by the mean of §11.7's pixel score over their cells,
+    from the pool's /mc maps (H(p̄), MI, modal vote share), computed here by hand."""
+    rng = np.random.default_rng(3)
+    maps = {}
+    for i in world["ids"]:
+        h = rng.uniform(0, np.log(K), (8, 8))
+        maps[i] = np.stack([h, h * rng.uniform(0, 1, (8, 8)), rng.integers(1, 11, (8, 8)) / 10]).astype(np.float32)
+    ids = list(world["logits"])
+    with PoolWriter(tmp_path / "pool.h5", class_names=[f"c{k}" for k in range(K)], logits_shape=(8, 8),
+                    attrs=dict(config_path=CONFIG, data_root=str(world["data"]), split="train"),
+                    mc={"T": 10, "scope": "head"}) as w:
+        w.append(ids, np.stack([world["logits"][i] for i in ids]), mc_maps=np.stack([maps[i] for i in ids]))
+    labelled = write_labelled(tmp_path / "labelled.jsonl", LabelledState())
+    res = select(name, unit="patch:8", budget=6, labeled_path=labelled, out_path=tmp_path / "m.jsonl",
+                 pool_path=tmp_path / "pool.h5")
+    pixel = {i: {"bald": np.maximum(m[1].astype(np.float64), 0) / np.log(K), "mc-entropy": m[0] / np.log(K),
+                 "variation-ratio": 1.0 - m[2].astype(np.float64)}[name] for i, m in maps.items()}
+    assert sorted((s["id"], r) for s in res.selected for r in s["regions"]) == sorted(_patch_top(pixel, 8, 6))
+    (tmp_path / "plain").mkdir()
+    plain = _fresh_pool(world, tmp_path / "plain")
+    with pytest.raises(Exception, match="holds no MC-dropout statistics"):
+        select(name, unit="patch:8", budget=6, labeled_path=labelled, out_path=tmp_path / "n.jsonl", pool_path=plain)
+
+
+def test_clasp_over_patches_is_the_sampler_on_hand_region_scores(world, tmp_path):
+    """clasp --unit patch:8: s(r) = mean h and s_c(r) = mean h·p_c over each patch's cells (loops here), then
+    alseg.samplers.clasp over (image, region) in canonical order with the round's beta."""
+    from alseg.samplers import beta_schedule, clasp
+
+    pool = _fresh_pool(world, tmp_path)
+    labelled = write_labelled(tmp_path / "labelled.jsonl", LabelledState())
+    res = select("clasp", unit="patch:8", budget=6, round="2/3", seed=9, labeled_path=labelled,
+                 out_path=tmp_path / "c.jsonl", pool_path=pool)
+    names, s_c, s = [], [], []
+    for image_id in sorted(world["ids"]):
+        z = world["logits"][image_id].astype(np.float64)
+        p = np.exp(z - z.max(0)) / np.exp(z - z.max(0)).sum(0)
+        h = _entropy(world["logits"][image_id]) / np.log(K)
+        for r in range(16):
+            cells = [(i, j) for i in range(8) for j in range(8) if ((4 * i + 2) // 8) * 4 + (4 * j + 2) // 8 == r]
+            names.append(f"{image_id}\x00{r:09d}")
+            s.append(np.mean([h[i, j] for i, j in cells]))
+            s_c.append([np.mean([h[i, j] * p[c, i, j] for i, j in cells]) for c in range(K)])
+    want = clasp(np.array(s_c), np.array(s), names, 6, beta=beta_schedule(2, 3), rng=np.random.default_rng(9))
+    want = [(n.split("\x00")[0], int(n.split("\x00")[1])) for n in want]
+    assert sorted((x["id"], r) for x in res.selected for r in x["regions"]) == sorted(want)
+    assert res.details["beta"] == pytest.approx(10.0)
+    with pytest.raises(Exception, match="needs --round"):
+        select("clasp", unit="patch:8", budget=6, labeled_path=labelled, out_path=tmp_path / "d.jsonl", pool_path=pool)
+    with pytest.raises(Exception, match="class quotas count regions"):
+        select("clasp", unit="patch:8", budget_pixels="100", round="1/2", labeled_path=labelled,
+               out_path=tmp_path / "e.jsonl", pool_path=pool)
+
+
+# ------------------------------------------------------------------------------------------ score --unit
+
+
+def test_score_unit_writes_every_region_and_select_reads_it(world, tmp_path):
+    """`score --unit patch:16` stores each patch's mean cell entropy (loops here) for every image; `select
+    --unit patch:16 --scores FILE` then picks exactly what it picks from the logits, labelled state included;
+    a file of another unit or reduction is refused on one line."""
+    from alseg.files.regionscores import RegionScoresReader
+    from alseg.stages.score import score
+
+    pool = _fresh_pool(world, tmp_path)
+    res = score(pool, strategies=["entropy", "margin"], unit="patch:16", out_path=tmp_path / "rs.h5")
+    assert res.n_images == 8
+    with RegionScoresReader(tmp_path / "rs.h5") as r:
+        assert r.unit == "patch:16" and list(r.offsets) == list(range(0, 33, 4))
+        for image_id in world["ids"]:
+            h = _entropy(world["logits"][image_id]) / np.log(K)  # normalised (docs/algorithms.md §2)
+            want = [np.mean([h[i, j] for i in range(8) for j in range(8)
+                             if ((4 * i + 2) // 16) * 2 + (4 * j + 2) // 16 == reg]) for reg in range(4)]
+            # the pool keeps float16 logits: the hand values from the float32 originals agree to ~1e-5
+            np.testing.assert_allclose(r.scores("entropy", image_id), want, atol=2e-4)
+    labelled = write_labelled(tmp_path / "labelled.jsonl", LabelledState({i: dict(u) for i, u in STATE.items()}))
+    for name in ("entropy", "margin"):
+        a = select(name, unit="patch:16", budget=5, labeled_path=labelled, out_path=tmp_path / f"a_{name}.jsonl",
+                   pool_path=pool)
+        b = select(name, unit="patch:16", budget=5, labeled_path=labelled, out_path=tmp_path / f"b_{name}.jsonl",
+                   pool_path=pool, scores_path=tmp_path / "rs.h5")
+        assert a.selected == b.selected and a.labelled_pixels == b.labelled_pixels
+    with pytest.raises(Exception, match="region scores of unit patch:16, this round queries patch:8"):
+        select("entropy", unit="patch:8", budget=5, labeled_path=labelled, out_path=tmp_path / "c.jsonl",
+               pool_path=pool, scores_path=tmp_path / "rs.h5")
+    with pytest.raises(Exception, match="reduced by mean"):
+        select("entropy", unit="patch:16", budget=5, labeled_path=labelled, out_path=tmp_path / "c.jsonl",
+               pool_path=pool, scores_path=tmp_path / "rs.h5", region_reduction="max")
+    with pytest.raises(Exception, match="holds no region scores of 'least-confidence'"):
+        select("least-confidence", unit="patch:16", budget=5, labeled_path=labelled, out_path=tmp_path / "c.jsonl",
+               pool_path=pool, scores_path=tmp_path / "rs.h5")
+    with pytest.raises(Exception, match="pixel queries depend on what is labelled"):
+        score(pool, strategies=["entropy"], unit="pixel:5", out_path=tmp_path / "px.h5")

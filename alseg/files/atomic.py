@@ -324,3 +324,44 @@ def removed_on_failure(*paths: str | os.PathLike) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 Path(path).unlink()
         raise
+
+
+def replace_last(target: str | os.PathLike, data: bytes, outputs: Iterable[str | os.PathLike],
+                 write_outputs, *, rename=None) -> None:
+    """All or nothing: ``write_outputs()`` writes ``outputs`` (say a selection and its manifest), then
+    ``target`` (say the labeled list of ``select --update``) becomes ``data``.
+
+    ``data`` goes to a temporary beside ``target`` first (the likeliest failure: its folder read-only or
+    full), then ``write_outputs()`` runs, then the temporary is renamed onto ``target`` (``rename``, default
+    ``os.replace`` looked up at the call, so tests can make it fail). Any failure removes the temporary and puts back what was at each output
+    (absent, or what --overwrite replaced), so a rerun starts from the same state. Killed between the last
+    two steps, the outputs are there and ``target`` is not yet: a rerun with --overwrite redoes them.
+    """
+    target = Path(target)
+    outputs = [Path(p) for p in outputs]
+    previous = {p: p.read_bytes() for p in outputs if p.is_file()}
+    tmp = temp_path(target)
+    try:
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise write_error(target, exc) from None
+        write_outputs()
+        try:
+            (rename or os.replace)(tmp, target)
+        except OSError as exc:
+            raise write_error(target, exc) from None
+        fsync_dir(target.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        for p in outputs:
+            with contextlib.suppress(Exception):
+                if p in previous:
+                    write_bytes_atomic(p, previous[p])
+                else:
+                    p.unlink(missing_ok=True)
+        raise

@@ -8,6 +8,13 @@ Resume: after each step a record ``<output>.step.json`` stores the step's argume
 inputs. Rerunning skips a step when its record matches and its outputs exist; a changed input (say a new
 checkpoint) changes a digest and reruns that step and, through its new outputs, everything downstream.
 
+Region rounds (a strategy whose ``unit`` is not ``image``, or an experiment with ``budget_pixels`` /
+``budget_clicks``): ``infer`` → ``select --unit`` (:mod:`alseg.stages.select_regions`) → ``train`` on the
+labelled state ``labeled.jsonl`` (the previous state merged with ``selected.jsonl``). Superpixel maps are
+computed once per experiment into ``EXP/regions/<unit>.h5`` (a ``regions`` step before the first round) and
+every select and train reads that store. Every round dir gets ``cost.json`` (:data:`COST_FORMAT`): images
+touched, labelled pixels and estimated clicks so far (docs/experiment.md).
+
 Training on several processes (``nproc = N`` in the experiment): each ``train`` step runs
 ``python -m torch.distributed.run --standalone --nproc-per-node N -m alseg.commands train ... --json`` as a
 subprocess (:func:`torchrun_train_command`) and reads the work dir it writes, as an in-process training's.
@@ -22,6 +29,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +42,8 @@ from alseg.registry import SCALAR_SCORES, get_strategy
 
 
 DEFAULT_MC = 10  # MC-dropout passes of bald, mc-entropy and variation-ratio when the experiment gives none
+COST_FORMAT, COST_VERSION = "alseg.cost", 1  # cost.json of every round (docs/experiment.md)
+REGION_STORES = "regions"  # EXP/regions/<unit slug>.h5: one superpixel store per unit, shared by every round
 Step = tuple[int, "str | None", int, str]  # (seed, strategy, round, stage): one call of a stage function
 
 
@@ -82,12 +92,33 @@ def _digests(inputs: list[Path | None]) -> dict[str, str | None]:
     return {str(p): file_digest(p) for p in inputs if p is not None}
 
 
+def region_store_path(exp_dir: Path, unit: str) -> Path:
+    """``EXP/regions/<unit slug>.h5``: the region maps of ``unit`` for the whole pool, computed once."""
+    from alseg.units import parse_unit
+
+    return Path(exp_dir) / REGION_STORES / f"{parse_unit(unit).slug}.h5"
+
+
+def _state_items(state) -> list:
+    """The selections that rebuild ``state`` (a labelled state) when merged into another one."""
+    from alseg.files.labelled import Labelled
+
+    return [Labelled(i, u, regions) for i, units in state.images.items() for u, regions in units.items()]
+
+
 class _Runner:
     def __init__(self, exp: Experiment, exp_dir: Path, device: str, on_event: Callable[[RunEvent], None]):
         self.exp, self.exp_dir, self.device, self.on_event = exp, exp_dir, device, on_event
         self.result = RunResult(exp_dir=str(exp_dir))
         self.n_steps = len(plan_steps(exp))
         self.k = 0  # steps started or skipped so far
+        self._source = None
+        self._pool_pixels: int | None = None
+
+    def _key(self, stage: str, args: dict[str, Any], inputs: list[Path | None]) -> dict[str, Any]:
+        key = {"stage": stage, "args": to_jsonable(args), "inputs": _digests(inputs)}
+        # paths inside the tree are recorded relative to it, so a copied or moved tree still resumes
+        return json.loads(json.dumps(key).replace(str(self.exp_dir.resolve()), "$EXP"))
 
     def step(self, where: tuple[int, str | None, int], stage: str, output: Path, args: dict[str, Any],
              inputs: list[Path | None], fn: Callable[[Callable[..., None]], Any]) -> bool:
@@ -96,9 +127,7 @@ class _Runner:
         self.k += 1
         at = {"step": self.k, "n_steps": self.n_steps}
         record = _record_path(output)
-        key = {"stage": stage, "args": to_jsonable(args), "inputs": _digests(inputs)}
-        # paths inside the tree are recorded relative to it, so a copied or moved tree still resumes
-        key = json.loads(json.dumps(key).replace(str(self.exp_dir.resolve()), "$EXP"))
+        key = self._key(stage, args, inputs)
         if record.is_file() and output.exists():
             try:
                 if json.loads(record.read_text(encoding="utf-8")).get("key") == key:
@@ -121,35 +150,135 @@ class _Runner:
         self.on_event(RunEvent("done", seed, strategy, rnd, stage, seconds=seconds, **at))
         return True
 
+    # -- the dataset at original resolution (image sizes, ground truth for clicks) ---------------------
+    @property
+    def source(self):
+        """The pool's images and label maps through the config's train split (sizes, clicks, superpixels)."""
+        if self._source is None:
+            from alseg.stages.select_regions import ImageSource
+
+            exp = self.exp
+            self._source = ImageSource(str(exp.config), None if exp.data_root is None else str(exp.data_root),
+                                       "train", read_ids(exp.pool_ids), str(exp.pool_ids))
+        return self._source
+
+    def pool_pixels(self) -> int:
+        if self._pool_pixels is None:
+            self._pool_pixels = int(sum(h * w for h, w in map(self.source.shape, read_ids(self.exp.pool_ids))))
+        return self._pool_pixels
+
+    def image_clicks(self, ids: list[str]) -> int | None:
+        """Clicks to label ``ids`` whole (c_c + c_p each, docs/regions.md); None without ground truth."""
+        from alseg.cost import image_clicks
+
+        src = self.source
+        if not src.has_labels(ids):
+            return None
+        return int(sum(image_clicks(src.labels(i), ignore=src.ignore_index) for i in ids))
+
+    def cost(self, d: Path, args: dict[str, Any], inputs: list[Path | None],
+             compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """``d/cost.json`` (what is labelled after this round, cumulative): recomputed only when its
+        inputs changed (a record beside it, as for steps; not a step of the plan)."""
+        path = d / "cost.json"
+        record = _record_path(path)
+        key = self._key("cost", args, inputs)
+        if path.is_file() and record.is_file():
+            try:
+                if json.loads(record.read_text(encoding="utf-8")).get("key") == key:
+                    return json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                pass
+        c = compute()
+        pool_pixels = int(c["pool_pixels"])
+        doc = {"format": COST_FORMAT, "format_version": COST_VERSION, "round": args["round"],
+               "images_touched": int(c["images_touched"]), "labelled_pixels": int(c["labelled_pixels"]),
+               "pool_pixels": pool_pixels,
+               "labelled_percent": 100.0 * int(c["labelled_pixels"]) / pool_pixels if pool_pixels else 0.0,
+               "clicks": None if c["clicks"] is None else int(c["clicks"]), "unit": args["unit"],
+               "annotation": args["annotation"]}
+        write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
+        write_text_atomic(record, json.dumps({"key": key}, indent=1) + "\n")
+        return doc
+
+    def image_cost(self, d: Path, rnd: int, labeled: Path, new: list[str], prev_cost: Path | None) -> dict[str, Any]:
+        """cost.json of a round of whole images: ``labeled`` after it, ``new`` the ids it added."""
+        def compute() -> dict[str, Any]:
+            ids = read_ids(labeled)
+            clicks = self.image_clicks(new)
+            if prev_cost is not None and clicks is not None:
+                before = json.loads(prev_cost.read_text(encoding="utf-8"))["clicks"]
+                clicks = None if before is None else before + clicks
+            return {"images_touched": len(ids), "labelled_pixels": sum(h * w for h, w in map(self.source.shape, ids)),
+                    "pool_pixels": self.pool_pixels(), "clicks": clicks}
+
+        args = {"round": rnd, "unit": "image", "annotation": "precise", "new": len(new)}
+        return self.cost(d, args, [labeled, prev_cost], compute)
+
     # -- stages ----------------------------------------------------------------------------------------
-    def train(self, where, labeled: Path, work_dir: Path) -> None:
+    def region_maps(self, unit: str) -> None:
+        """The ``regions`` step: ``unit``'s region maps of every pool image into ``EXP/regions/``, once."""
+        from alseg.regions import ensure_region_maps, region_map_params
+
+        exp = self.exp
+        store = region_store_path(self.exp_dir, unit)
+        store.parent.mkdir(parents=True, exist_ok=True)
+        ids = read_ids(exp.pool_ids)
+
+        def fn(progress: Callable[..., None]) -> None:
+            progress(0, total=len(ids))
+            ensure_region_maps(store, unit, ids, self.source.image, progress=lambda n: progress(n))
+
+        self.step((exp.seeds[0], None, 0), "regions", store,
+                  {"unit": unit, "params": region_map_params(unit), "data_root": exp.data_root},
+                  [exp.pool_ids], fn)
+
+    def train(self, where, labeled: Path, work_dir: Path, *, cost: dict[str, Any] | None = None,
+              region: dict[str, Any] | None = None) -> None:
+        """Train on ``labeled``; ``region`` (a labelled-state round): ``annotation`` and ``region_maps``, and
+        iterations from the labelled pixels in ``cost`` counted in images of the pool's mean size."""
         from alseg.stages.train import train
 
         exp, seed = self.exp, where[0]
         ckpt = work_dir / "checkpoint.pth"
-        max_iters = exp.iterations(len(read_ids(labeled)))
+        if region is None:
+            n_labeled = len(read_ids(labeled))
+            max_iters = exp.iterations(n_labeled)
+        else:
+            from alseg.partial import read_labels
+
+            n_labeled = len(read_labels(labeled)[0].ids)
+            n_pool = len(read_ids(exp.pool_ids))
+            max_iters = exp.iterations(Fraction(int(cost["labelled_pixels"]) * n_pool, int(cost["pool_pixels"])))
+        annotation = None if region is None else region["annotation"]
+        region_maps = [] if region is None else list(region["region_maps"])
         args = {"config": exp.config, "labeled": labeled, "seed": seed, "max_iters": max_iters,
                 "batch_size": exp.batch_size, "val_ids": exp.val_ids, "data_root": exp.data_root,
                 **({"cfg_options": exp.cfg_options} if exp.cfg_options else {}),
-                **({"nproc": exp.nproc} if exp.nproc > 1 else {})}  # N processes: N x batch_size per step
+                **({"nproc": exp.nproc} if exp.nproc > 1 else {}),  # N processes: N x batch_size per step
+                **({"annotation": annotation, "region_maps": region_maps} if region is not None else {})}
 
         def fn(progress: Callable[..., None]) -> None:
             if exp.nproc > 1 or exp.launcher == "torchrun":
                 command = torchrun_train_command(exp, labeled=labeled, work_dir=work_dir, seed=seed,
-                                                 max_iters=max_iters, device=self.device)
+                                                 max_iters=max_iters, device=self.device, annotation=annotation,
+                                                 region_maps=region_maps)
                 run_train_command(command, work_dir=work_dir, progress=progress, total=max_iters)
             else:
                 train(exp.config, labeled_path=labeled, work_dir=work_dir, data_root=exp.data_root,
                       val_ids_path=exp.val_ids, device=self.device, seed=seed, max_iters=max_iters,
                       batch_size=exp.batch_size, overwrite=True, cfg_options=exp.cfg_options, progress=progress,
-                      launcher="none")  # one process, whatever the environment says
+                      launcher="none",  # one process, whatever the environment says
+                      **({"annotation": annotation, "region_maps": region_maps} if region is not None else {}))
 
-        self.step(where, "train", ckpt, args, [exp.config, labeled, exp.val_ids], fn)
+        self.step(where, "train", ckpt, args, [exp.config, labeled, exp.val_ids, *region_maps], fn)
         metrics = json.loads((work_dir / "metrics.json").read_text(encoding="utf-8"))
         miou = float(metrics["final"]["mIoU"])
-        n_labeled = len(read_ids(labeled))
-        self.result.rows.append({"seed": where[0], "strategy": where[1], "round": where[2],
-                                 "n_labeled": n_labeled, "miou": miou})
+        row = {"seed": where[0], "strategy": where[1], "round": where[2], "n_labeled": n_labeled, "miou": miou}
+        if cost is not None:
+            row.update(unit=cost["unit"], labelled_pixels=cost["labelled_pixels"],
+                       labelled_percent=cost["labelled_percent"], clicks=cost["clicks"])
+        self.result.rows.append(row)
         self.on_event(RunEvent("metric", where[0], where[1], where[2], "train", miou=miou, n_labeled=n_labeled))
 
     def infer(self, where, ckpt: Path, ids: Path, out: Path, *, with_labels=False, embeddings=(),
@@ -182,7 +311,8 @@ class _Runner:
                   [exp.pool_ids], lambda progress: select(
                       "random", budget=exp.sizes[0], labeled_path=empty, pool_ids_path=exp.pool_ids,
                       out_path=labeled, seed=seed, overwrite=True, progress=progress))
-        self.train(where, labeled, d / "train")
+        cost = self.image_cost(d, 0, labeled, read_ids(labeled), None)
+        self.train(where, labeled, d / "train", cost=cost)
 
     def strategy_round(self, seed: int, strategy: str, rnd: int) -> None:
         from alseg.stages.calibrate import calibrate
@@ -190,10 +320,13 @@ class _Runner:
         from alseg.stages.select import select
 
         exp = self.exp
+        if exp.is_region(strategy):
+            return self.region_round(seed, strategy, rnd)
         base = exp.base(strategy)  # a variant's folder is its own name; its stages are its base strategy's
         strat = get_strategy(base)
         params = dict(exp.params.get(strategy, {}))
         params.pop("strategy", None)
+        params.pop("unit", None)  # "image": this path
         crc_opts = {k: params.pop(k) for k in ("alpha", "t_min", "bins", "save_risk_maps") if k in params}
         mc_opts = ({"mc": int(params.pop("mc", DEFAULT_MC)), "mc_scope": str(params.pop("mc_scope", "head"))}
                    if strat.needs == "mc" else None)
@@ -244,7 +377,78 @@ class _Runner:
                       device=self.device, overwrite=True, progress=progress, **params))
         labeled = d / "labeled.txt"
         write_if_changed(labeled, read_ids(prev_labeled) + read_ids(selected))
-        self.train(where, labeled, d / "train")
+        cost = self.image_cost(d, rnd, labeled, read_ids(selected), prev / "cost.json")
+        self.train(where, labeled, d / "train", cost=cost)
+
+    def region_round(self, seed: int, strategy: str, rnd: int) -> None:
+        """infer (MC passes for bald & co.; crc: + calibration split, calibrate) → select with the strategy's
+        unit → ``labeled.jsonl`` (+ cost.json) → train on it."""
+        from alseg.files.labelled import format_labelled, merge_labelled, read_labelled, write_labelled
+        from alseg.files.manifest import manifest_path
+        from alseg.partial import read_labels
+        from alseg.stages.calibrate import calibrate
+        from alseg.stages.select import select
+
+        exp = self.exp
+        base, unit, annotation = exp.base(strategy), exp.unit_of(strategy), exp.annotation_of(strategy)
+        strat = get_strategy(base)
+        opts = dict(exp.params.get(strategy, {}))
+        for key in ("strategy", "unit", "annotation"):
+            opts.pop(key, None)
+        crc_opts = {k: opts.pop(k) for k in ("alpha", "t_min", "bins", "save_risk_maps") if k in opts}
+        mc_opts = ({"mc": int(opts.pop("mc", DEFAULT_MC)), "mc_scope": str(opts.pop("mc_scope", "head"))}
+                   if strat.needs == "mc" else None)
+        opts.setdefault("region_reduction", exp.region_reduction)
+        opts.setdefault("max_per_image", exp.max_per_image)
+        if base == "clasp":
+            opts["round"] = f"{rnd}/{exp.rounds}"  # its beta schedule runs over the experiment's rounds
+        prev = round_dir(self.exp_dir, seed, strategy, rnd - 1)
+        d = round_dir(self.exp_dir, seed, strategy, rnd)
+        d.mkdir(parents=True, exist_ok=True)
+        prev_labeled = prev / ("labeled.txt" if rnd == 1 else "labeled.jsonl")
+        prev_ckpt = prev / "train" / "checkpoint.pth"
+        where = (seed, strategy, rnd)
+        pool = d / "pool.h5"  # random too: the pool file names the images and their logit grid
+        self.infer(where, prev_ckpt, exp.pool_ids, pool, mc=mc_opts)
+        calib = None
+        if base == "crc":
+            calib_pool, calib, trained = d / "calib.h5", d / "crc.json", d / "labeled_ids.txt"
+            write_if_changed(trained, read_labels(prev_labeled)[0].ids)  # images the model saw any label of
+            self.infer(where, prev_ckpt, exp.calib_ids, calib_pool, with_labels=True)
+            cal_args = {"alpha": crc_opts.get("alpha", 0.05), "t_min": crc_opts.get("t_min", 0.001),
+                        "bins": crc_opts.get("bins", 1000)}
+            self.step(where, "calibrate", calib, cal_args, [calib_pool, trained], lambda progress: calibrate(
+                calib_pool, out_path=calib, train_ids_path=trained, overwrite=True, progress=progress, **cal_args))
+            opts["calibration_path"] = calib
+        store = region_store_path(self.exp_dir, unit) if unit.startswith("superpixel:") else None
+        budget = {"budget": None, "budget_pixels": exp.budget_pixels, "budget_clicks": exp.budget_clicks}
+        if exp.budget_pixels is None and exp.budget_clicks is None:
+            budget["budget"] = exp.sizes[rnd] - exp.sizes[rnd - 1]  # regions per round
+        selected = d / "selected.jsonl"
+        sel_seed = seed * 1000 + rnd
+        sel_args = {"strategy": base, "unit": unit, **budget, "seed": sel_seed, "annotation": annotation, **opts,
+                    "region_store": store}
+        self.step(where, "select", selected, sel_args, [prev_labeled, pool, store, calib], lambda progress: select(
+            base, unit=unit, labeled_path=prev_labeled, out_path=selected, pool_path=pool, seed=sel_seed,
+            annotation=annotation, region_store=store, device=self.device, overwrite=True, progress=progress,
+            **budget, **opts))
+        labeled = d / "labeled.jsonl"
+        state = merge_labelled(read_labels(prev_labeled)[0], _state_items(read_labelled(selected)))
+        if not labeled.is_file() or labeled.read_text(encoding="utf-8") != format_labelled(state):
+            write_labelled(labeled, state)  # atomic; left alone when unchanged (resume keys on its digest)
+
+        def compute() -> dict[str, Any]:
+            chosen = json.loads(manifest_path(selected).read_text(encoding="utf-8"))["result"]
+            before = json.loads((prev / "cost.json").read_text(encoding="utf-8"))["clicks"]
+            new = chosen["clicks"]
+            return {"images_touched": len(state.ids), "labelled_pixels": chosen["labelled_pixels_total"],
+                    "pool_pixels": chosen["pool_pixels"],
+                    "clicks": None if before is None or new is None else before + new}
+
+        cost = self.cost(d, {"round": rnd, "unit": unit, "annotation": annotation},
+                         [prev / "cost.json", labeled, selected, manifest_path(selected)], compute)
+        self.train(where, labeled, d / "train", cost=cost,
+                   region={"annotation": annotation, "region_maps": [store] if store is not None else []})
 
 
 def _cfg_option_args(cfg_options: dict[str, Any], source: Path) -> list[str]:
@@ -280,7 +484,7 @@ def _cfg_option_args(cfg_options: dict[str, Any], source: Path) -> list[str]:
 
 
 def torchrun_train_command(exp: Experiment, *, labeled: Path, work_dir: Path, seed: int, max_iters: int | None,
-                           device: str) -> list[str]:
+                           device: str, annotation: str | None = None, region_maps: list[Path] = ()) -> list[str]:
     """The command line of one training on ``exp.nproc`` local processes: torchrun (``--standalone``: its
     rendezvous takes a free port of its own, so concurrent launches never collide) running
     ``alseg train --launcher pytorch ... --overwrite --quiet --json``."""
@@ -288,7 +492,8 @@ def torchrun_train_command(exp: Experiment, *, labeled: Path, work_dir: Path, se
                "-m", "alseg.commands", "train", str(exp.config), "--labeled", str(labeled), "--out",
                str(work_dir), "--device", device, "--seed", str(seed), "--launcher", "pytorch"]
     for option, value in (("--data-root", exp.data_root), ("--val-ids", exp.val_ids), ("--max-iters", max_iters),
-                          ("--batch-size", exp.batch_size)):
+                          ("--batch-size", exp.batch_size), ("--annotation", annotation),
+                          ("--region-maps", ",".join(str(p) for p in region_maps) or None)):
         if value is not None:
             command += [option, str(value)]
     return command + _cfg_option_args(exp.cfg_options, exp.path) + ["--overwrite", "--quiet", "--json"]
@@ -324,10 +529,13 @@ def run_train_command(command: list[str], *, work_dir: Path, progress: Callable[
         progress(total)
 
 
-def _round_stages(strategy: str) -> list[str]:
+def _round_stages(strategy: str, region: bool = False) -> list[str]:
     """The stages ``_Runner.strategy_round`` calls for the registered ``strategy``, in order (mirrors its
-    conditions; tests/test_run.py checks the plan against the events of a real run)."""
+    conditions; tests/test_run.py checks the plan against the events of a real run). ``region``: a region
+    round (``_Runner.region_round``): infer, (crc: infer, calibrate), select, train."""
     strat = get_strategy(strategy)
+    if region:
+        return ["infer"] + (["infer", "calibrate"] if strategy == "crc" else []) + ["select", "train"]
     stages = ["infer"] if strat.needs != "nothing" else []
     if strategy == "crc":
         stages += ["infer", "calibrate"]  # the calibration split, then its calibration
@@ -338,13 +546,15 @@ def _round_stages(strategy: str) -> list[str]:
 
 def plan_steps(exp: Experiment) -> list[Step]:
     """Every step ``run`` executes (or reuses) for ``exp``, in order: per seed the shared round 0 (select,
-    train), then per strategy and round its stages; last the full-supervision training, if asked for."""
-    steps: list[Step] = []
+    train), then per strategy and round its stages; last the full-supervision training, if asked for.
+    First, once per superpixel unit, its ``regions`` step (the maps of every pool image)."""
+    steps: list[Step] = [(exp.seeds[0], None, 0, "regions") for _ in exp.superpixel_units()]
     for seed in exp.seeds:
         steps += [(seed, None, 0, "select"), (seed, None, 0, "train")]
         for strategy in exp.strategies:
             for rnd in range(1, exp.rounds + 1):
-                steps += [(seed, strategy, rnd, stage) for stage in _round_stages(exp.base(strategy))]
+                steps += [(seed, strategy, rnd, stage)
+                          for stage in _round_stages(exp.base(strategy), exp.is_region(strategy))]
     if exp.full_supervision:
         steps.append((exp.seeds[0], "full", 0, "train"))
     return steps
@@ -403,8 +613,10 @@ def run(
     if not resolved.exists() or resolved.read_text(encoding="utf-8") != text:
         write_text_atomic(resolved, text)
     pool_ids = read_ids(exp.pool_ids)
-    if exp.sizes[-1] > len(pool_ids):
-        raise InputError(f"{exp.path}: the last round needs {exp.sizes[-1]} labeled ids, the pool has {len(pool_ids)}")
+    # image rounds count images; region rounds count regions (and round 0 whole images)
+    need = exp.sizes[-1] if any(not exp.is_region(s) for s in exp.strategies) else exp.sizes[0]
+    if need > len(pool_ids):
+        raise InputError(f"{exp.path}: the last round needs {need} labeled ids, the pool has {len(pool_ids)}")
     if exp.calib_ids is not None:
         overlap = set(read_ids(exp.calib_ids)) & set(pool_ids)
         if overlap:
@@ -416,6 +628,8 @@ def run(
     plan = plan_steps(exp)
     runner.result.steps_planned = len(plan)
     on_event(RunEvent("plan", exp.seeds[0], None, 0, "plan", total=len(plan), n_steps=len(plan), plan=plan))
+    for unit in exp.superpixel_units():
+        runner.region_maps(unit)
     for seed in exp.seeds:
         runner.round0(seed)
         for strategy in exp.strategies:

@@ -156,6 +156,11 @@ def score(
     progress: Progress = _noop,
     workers: int | None = None,
     device: str = "cpu",
+    unit: str = "image",
+    region_reduction: str = "mean",
+    region_store: str | Path | None = None,
+    dataset_config: str | None = None,
+    data_root: str | Path | None = None,
 ) -> ScoreResult:
     """Score every image of ``pool_path`` for each strategy in ``strategies``; write ``out_path``.
 
@@ -171,6 +176,15 @@ def score(
 
     t0 = time.perf_counter()
     names = list(dict.fromkeys(strategies))
+    if str(unit).strip() != "image":  # every region of every image (docs/regions.md): a region-scores file
+        from alseg.stages.select_regions import score_regions
+
+        res = score_regions(pool_path, strategies=names, unit=unit, out_path=out_path, reduction=region_reduction,
+                            q=q, calibration_path=calibration_path, config=dataset_config, data_root=data_root,
+                            region_store=region_store, batch_size=batch_size, overwrite=overwrite, progress=progress)
+        return ScoreResult(out_path=res["out_path"], n_images=res["n_images"], strategies=names,
+                           datasets=[f"scores/{n} ({res['n_regions']} {res['unit']} regions)" for n in names],
+                           seconds=res["seconds"])
     for name in names:
         strat = get_strategy(name)
         if name not in SCORED:

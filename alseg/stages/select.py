@@ -7,8 +7,6 @@ its manifest and, with ``update``, the labeled list with the selection appended.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,16 +16,7 @@ import numpy as np
 
 from alseg.stages import no_progress as _noop
 from alseg.errors import EmptyPoolError, InputError, UnknownName
-from alseg.files.atomic import (
-    check_not_input,
-    check_writable,
-    fsync_dir,
-    holding_output_locks,
-    removed_on_failure,
-    temp_path,
-    write_bytes_atomic,
-    write_error,
-)
+from alseg.files.atomic import check_not_input, check_writable, holding_output_locks, removed_on_failure, replace_last
 from alseg.files.hdf5 import PoolReader, ScoresReader
 from alseg.files.idlist import read_ids, write_ids
 from alseg.files.manifest import manifest_path, write_manifest
@@ -324,42 +313,14 @@ def _split_labeled(labeled: list[str], available: set[str], source: str, warning
 
 def _write_updating_labeled(out_path: Path, chosen: list[str], labeled_path: Path, labeled: list[str],
                             manifest: dict) -> None:
-    """All or nothing: the selection, its manifest and the updated labeled list, or none of them.
-
-    The new list goes to a temporary file first (the likeliest failure: its folder read-only or full),
-    then the selection and its manifest; the list is renamed into place last. Any failure removes the
-    temporary and puts back what was at ``out_path`` and its manifest (absent, or what --overwrite
-    replaced), so a rerun starts from the same state. (Killed between the last two renames, the
-    selection is there and the list not yet: a rerun with --overwrite selects the same batch again.)
-    """
-    outputs = [out_path, manifest_path(out_path)]
-    previous = {p: p.read_bytes() for p in outputs if p.is_file()}
-    tmp = temp_path(labeled_path)
-    try:
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write("".join(f"{i}\n" for i in labeled).encode("utf-8"))
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError as exc:
-            raise write_error(labeled_path, exc) from None
+    """All or nothing: the selection, its manifest and the updated labeled list, or none of them
+    (:func:`alseg.files.atomic.replace_last`: the list is renamed into place last)."""
+    def write_outputs() -> None:
         write_ids(out_path, chosen)
         write_manifest(out_path, **manifest)
-        try:
-            os.replace(tmp, labeled_path)
-        except OSError as exc:
-            raise write_error(labeled_path, exc) from None
-        fsync_dir(labeled_path.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        for p in outputs:
-            with contextlib.suppress(Exception):
-                if p in previous:
-                    write_bytes_atomic(p, previous[p])
-                else:
-                    p.unlink(missing_ok=True)
-        raise
+
+    replace_last(labeled_path, "".join(f"{i}\n" for i in labeled).encode("utf-8"),
+                 [out_path, manifest_path(out_path)], write_outputs)
 
 
 # Both outputs are locked for the whole call: the labeled list must not change between reading and updating it.
@@ -404,6 +365,7 @@ def select(
     annotation: str = "precise",
     dataset_config: str | None = None,
     data_root: str | Path | None = None,
+    region_store: str | Path | None = None,
 ):
     """Select ``budget`` ids from the unlabeled candidates and write them to ``out_path``; with a region
     ``unit`` (or a pixel or click budget), a region round (:mod:`alseg.stages.select_regions`)."""
@@ -416,7 +378,8 @@ def select(
             pool_ids_path=pool_ids_path, calibration_path=calibration_path, seed=seed, stochastic=stochastic,
             oracle=oracle, region_reduction=region_reduction, q=q, max_per_image=max_per_image, sampler=sampler,
             beta=beta, annotation=annotation, config=dataset_config, data_root=data_root, batch_size=batch_size,
-            update=update, overwrite=overwrite, progress=progress)
+            update=update, overwrite=overwrite, progress=progress, region_store=region_store, round=round,
+            exclude_classes=exclude_classes, class_share=class_share)
     if budget is None:
         raise InputError("--budget N is required: the number of images to select")
     from alseg import selectors as sel
