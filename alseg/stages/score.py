@@ -266,6 +266,13 @@ def score(
         crc_thresholds = thresholds if calibration is not None else None
         badge_params = badge if "badge" in names else None
 
+        def stratified(probs: np.ndarray, out: dict[str, Any]) -> None:
+            """random-stratified's predicted class counts and clasp's scores (§11.5-11.6) of one batch."""
+            if "random-stratified" in names:
+                out["class-counts"] = S.class_counts(probs.argmax(axis=1), k)
+            if "clasp" in names:
+                out["clasp-class"], out["clasp"] = S.clasp_scores(probs)
+
         def compute_on_device(ids: list[str], logits: np.ndarray, _labels: Any) -> dict[str, Any]:
             import torch
 
@@ -281,11 +288,7 @@ def score(
                 cd, present = F.contextual_diversity(p)
                 out["contextual-diversity"], out["contextual-diversity-present"] = cd.cpu().numpy(), present.cpu().numpy()
             if "random-stratified" in names or "clasp" in names:  # cheap next to the rest: on the CPU
-                cpu_probs = S.softmax(logits, axis=1)
-                if "random-stratified" in names:
-                    out["class-counts"] = S.class_counts(cpu_probs.argmax(axis=1), k)
-                if "clasp" in names:
-                    out["clasp-class"], out["clasp"] = S.clasp_scores(cpu_probs)
+                stratified(S.softmax(logits, axis=1), out)
             if badge_params is not None:
                 out["badge-logit"] = S.badge_logit_rows(logits, badge_params)
             if crc_thresholds is not None:
@@ -316,10 +319,7 @@ def score(
                     out[name] = S.aggregate(S.PIXEL_SCORERS[name](probs), aggregation, q)
             if "contextual-diversity" in names:
                 out["contextual-diversity"], out["contextual-diversity-present"] = S.contextual_diversity(logits)
-            if "random-stratified" in names:
-                out["class-counts"] = S.class_counts(probs.argmax(axis=1), k)
-            if "clasp" in names:
-                out["clasp-class"], out["clasp"] = S.clasp_scores(probs)
+            stratified(probs, out)
             if badge_params is not None:
                 out["badge-logit"] = S.badge_logit_rows(logits, badge_params)
             if crc_thresholds is not None:
