@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from alseg.errors import InputError, NonFiniteError, UnknownName
+from alseg.halfs import half_bits_to_float32, to_float32
 
 if TYPE_CHECKING:  # torch is imported where it is used: scoring with NumPy alone need not load it (seconds)
     import torch
@@ -59,7 +60,7 @@ def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
     x = np.asarray(logits)
     if not np.issubdtype(x.dtype, np.floating):
         raise InputError(f"logits must be a float array, got dtype {x.dtype}")
-    x = x.astype(np.float32, copy=True)
+    x = x.astype(np.float32, copy=True) if x.dtype != np.float16 else to_float32(x)
     x -= x.max(axis=axis, keepdims=True)
     np.exp(x, out=x)
     x /= x.sum(axis=axis, keepdims=True)
@@ -126,28 +127,64 @@ def pixel_entropy(probs: np.ndarray) -> np.ndarray:
     return np.clip(h, 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def pixel_entropy_from_logits(logits: np.ndarray) -> np.ndarray:
-    """:func:`pixel_entropy` of ``softmax(logits)`` without forming the probabilities: with x = z - max_k z
-    and Z = sum_k e^x, H = log Z - sum_k e^x x / Z (so 0 log 0 = 0 holds by itself), normalised by log K.
+# Values per tile of pixel_entropy_from_logits: float32 scratch buffers of 512 KiB, reused (cache-resident): fastest measured of 2^16..2^20.
+_ENTROPY_TILE_VALUES = 1 << 17
+_LOG2E = 1.0 / math.log(2.0)
 
-    Fewer passes over the (N, K, H, W) array than softmax + entropy, and no log per class: ``score``'s
-    entropy path. Non-finite logits give NaN for their pixels (the caller reports them). Agrees with
-    ``pixel_entropy(softmax(logits))`` to float32 rounding.
+
+def pixel_entropy_from_logits(logits: np.ndarray) -> np.ndarray:
+    """:func:`pixel_entropy` of ``softmax(logits)`` without forming the probabilities; ``score``'s
+    entropy path.
+
+    In base 2 with y = (z - max_k z) log2(e) and Z = sum_k 2^y: H / log K = (log2 Z - sum_k 2^y y / Z)
+    / log2 K, and 0 log 0 = 0 holds by itself. Computed tile by tile (a few thousand pixels, all
+    classes) in reused float32 buffers that stay in cache, float16 converted by
+    :func:`alseg.halfs.half_bits_to_float32`: about 3x faster than whole-array NumPy. Non-finite logits give NaN for their pixels (the caller
+    reports them). Agrees with ``pixel_entropy(softmax(logits))`` to float32 rounding.
     """
     x = np.asarray(logits)
     if x.ndim != 4:
         raise InputError(f"logits must have shape (N, K, H, W), got shape {x.shape}")
-    n_classes = x.shape[1]
-    if n_classes <= 1:
-        return np.zeros((x.shape[0],) + x.shape[2:], dtype=np.float32)
-    x = x.astype(np.float32, copy=True)
-    with np.errstate(invalid="ignore", over="ignore"):
-        x -= x.max(axis=1, keepdims=True)
-        e = np.exp(x)
-        z = e.sum(axis=1)
-        e *= x
-        h = (np.log(z) - e.sum(axis=1) / z) / np.float32(math.log(n_classes))
-    return np.clip(h, 0.0, 1.0, out=h, where=~np.isnan(h))
+    n, k = x.shape[:2]
+    if k <= 1:
+        return np.zeros((n,) + x.shape[2:], dtype=np.float32)
+    if x.dtype not in (np.float16, np.float32):
+        x = x.astype(np.float32)
+    half = x.dtype == np.float16
+    flat = np.ascontiguousarray(x).reshape(n, k, -1)
+    n_px = flat.shape[2]
+    out = np.empty((n, n_px), dtype=np.float32)
+    if n == 0 or n_px == 0:
+        return out.reshape((n,) + x.shape[2:])
+    tile = max(1, min(n_px, _ENTROPY_TILE_VALUES // k))
+    y_all = np.empty((k, tile), dtype=np.float32)
+    e_all = np.empty((k, tile), dtype=np.float32)
+    exp_all = np.empty((k, tile), dtype=np.uint16) if half else None
+    m_all, z_all, q_all = (np.empty(tile, dtype=np.float32) for _ in range(3))
+    inv_log2k = np.float32(1.0 / math.log2(k))
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        for i in range(n):
+            for s in range(0, n_px, tile):
+                w = min(tile, n_px - s)
+                src = flat[i, :, s : s + w]
+                y, e, m, z, q = y_all[:, :w], e_all[:, :w], m_all[:w], z_all[:w], q_all[:w]
+                if half:
+                    half_bits_to_float32(src, y, _LOG2E, scratch=exp_all[:, :w])
+                else:
+                    np.multiply(src, np.float32(_LOG2E), out=y)
+                np.max(y, axis=0, out=m)
+                np.subtract(y, m, out=y)
+                np.exp2(y, out=e)
+                np.add.reduce(e, axis=0, out=z)
+                np.multiply(e, y, out=e)
+                np.add.reduce(e, axis=0, out=q)
+                np.divide(q, z, out=q)
+                np.log2(z, out=z)
+                o = out[i, s : s + w]
+                np.subtract(z, q, out=o)
+                np.multiply(o, inv_log2k, out=o)
+        np.clip(out, 0.0, 1.0, out=out, where=~np.isnan(out))
+    return out.reshape((n,) + x.shape[2:])
 
 
 def pixel_margin(probs: np.ndarray) -> np.ndarray:

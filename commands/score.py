@@ -29,8 +29,11 @@ def main(
         help="Keep the CRC risk maps of the N most uncertain images (for `alseg report`).")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images read from the pool file at a time.")] = 16,
     device: Annotated[str, typer.Option(help=(
-        "Where scores are computed: cpu (default, NumPy on worker threads) or auto, cuda, cuda:N, mps (torch; "
+        "Where scores are computed: cpu (default, NumPy) or auto, cuda, cuda:N, mps (torch, one process; "
         "BADGE pooling and saved risk maps stay on the CPU)."))] = "cpu",
+    workers: Annotated[Optional[int], typer.Option(min=1, help=(
+        "CPU scoring processes, each reading and scoring its own share of the pool (default: 1 below "
+        "512 MiB of stored logits or under 4 CPUs, else the CPU count up to 8)."), show_default=False)] = None,
     unit: Annotated[str, typer.Option(metavar="UNIT", help=(
         "image (default: one score per image) or patch:S / superpixel:N: the score of every region of every "
         "image, into a region-scores file that `select --unit UNIT --scores FILE` reads instead of the logits."))
@@ -65,7 +68,7 @@ def main(
     with progress_bar("score", quiet=quiet) as bar:
         result = score(pool, strategies=[n.strip() for n in strategy.split(",") if n.strip()], out_path=out_path, calibration_path=calibration,
                        aggregation=aggregation, q=q, save_risk_maps=save_risk_maps, batch_size=batch_size,
-                       device=device, overwrite=overwrite, progress=bar, unit=unit,
+                       device=device, workers=workers, overwrite=overwrite, progress=bar, unit=unit,
                        region_reduction=region_reduction, region_store=region_store, dataset_config=dataset_config,
                        data_root=data_root)
     if json:

@@ -293,24 +293,41 @@ def test_score_records_the_digest_and_select_checks_it(tmp_path, ids40):
 
 
 def test_score_in_parallel_equals_serial(tmp_path, ids40):
+    """Worker processes (each reading its own runs of batches) give the serial pass's file, dataset by
+    dataset, for every per-batch output (crc with kept risk maps included); a worker's error (a NaN logit)
+    reaches the caller as the same one-line error, and nothing is written."""
+    from alseg.errors import NonFiniteError
     from alseg.stages.score import score
+    from conftest import make_calibration
 
     pool = make_pool(tmp_path / "pool.h5", ids40)
-    names = ["entropy", "margin", "least-confidence", "contextual-diversity", "badge"]
-    score(pool, strategies=names, out_path=tmp_path / "a.h5", batch_size=3, workers=1)
-    score(pool, strategies=names, out_path=tmp_path / "b.h5", batch_size=3, workers=3)
+    cal = make_calibration(tmp_path / "crc.json")
+    names = ["entropy", "margin", "least-confidence", "contextual-diversity", "badge", "random-stratified",
+             "clasp", "crc"]
+    kw = dict(strategies=names, calibration_path=cal, save_risk_maps=3, batch_size=3)
+    score(pool, out_path=tmp_path / "a.h5", workers=1, **kw)
+    score(pool, out_path=tmp_path / "b.h5", workers=3, **kw)
     with ScoresReader(tmp_path / "a.h5") as a, ScoresReader(tmp_path / "b.h5") as b:
         assert a.ids == b.ids == ids40
+        assert set(a.score_names) == set(b.score_names) >= {"entropy", "crc", "clasp"}
         for name in a.score_names:
             np.testing.assert_array_equal(a.score(name), b.score(name))
         for name in a.embedding_names:
             np.testing.assert_array_equal(a.embedding(name), b.embedding(name))
+    with h5py.File(tmp_path / "a.h5") as fa, h5py.File(tmp_path / "b.h5") as fb:
+        np.testing.assert_array_equal(fa["risk_maps/maps"][:], fb["risk_maps/maps"][:])
     with pytest.raises(InputError, match="workers"):
         score(pool, strategies=["entropy"], out_path=tmp_path / "c.h5", workers=0)
+    with h5py.File(pool, "r+") as fh:
+        fh["logits"][29, 1, 2, 3] = np.nan
+    for workers in (1, 2):
+        with pytest.raises(NonFiniteError, match=ids40[29]):
+            score(pool, strategies=["entropy"], out_path=tmp_path / "d.h5", workers=workers)
+        assert not (tmp_path / "d.h5").exists()
 
 
 def test_read_ahead_raises_the_readers_error_and_stops_early():
-    from alseg.stages.score import _computed_in_order, _read_ahead
+    from alseg.stages.score import _read_ahead
 
     def failing():
         yield 1
@@ -329,8 +346,8 @@ def test_read_ahead_raises_the_readers_error_and_stops_early():
             produced.append(i)
             yield (i,)
 
-    it = _computed_in_order(_read_ahead(endless(), depth=2), lambda i: i * i, workers=2)
-    assert [next(it)[1] for _ in range(5)] == [0, 1, 4, 9, 16]
+    it = _read_ahead(endless(), depth=2)
+    assert [next(it)[0] for _ in range(5)] == [0, 1, 2, 3, 4]
     it.close()
     assert len(produced) < 50  # the reader stopped: bounded read-ahead
     assert math.isfinite(len(produced))

@@ -67,6 +67,7 @@ import numpy as np
 
 from alseg import __version__
 from alseg.errors import InputError, OutputError, OutputExistsError
+from alseg.halfs import to_float32
 from alseg.files.atomic import (
     atomic_path,
     check_writable,
@@ -372,6 +373,27 @@ class _ReadAhead:
 
     def __del__(self) -> None:
         self.close()
+
+
+def _read_cropped(ds: Any, rows: Any, h: int, w: int, buffers: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """``ds[rows, ..., :h, :w]``: the plain read when nothing is cropped (h5py's fastest selection).
+
+    ``buffers``: read a slice of rows into a buffer kept there per dataset and reused by the next call
+    (no fresh allocation, whose page faults cost as much as the read itself); the result is a view of it.
+    """
+    sel = (rows,) if tuple(ds.shape[-2:]) == (h, w) else (
+        (rows,) + (slice(None),) * (ds.ndim - 3) + (slice(0, h), slice(0, w)))
+    if buffers is None or not isinstance(rows, slice):
+        return ds[sel if len(sel) > 1 else rows]
+    shape = (rows.stop - rows.start,) + tuple(ds.shape[1:-2]) + (h, w)
+    size = int(np.prod(shape))
+    buf = buffers.get(ds.name)
+    if buf is None or buf.size < size:
+        buf = buffers[ds.name] = np.empty(size, dtype=ds.dtype)
+    out = buf[:size].reshape(shape)
+    if size:
+        ds.read_direct(out, sel)
+    return out
 
 
 def _runs(sizes: np.ndarray) -> list[np.ndarray]:
@@ -1121,16 +1143,25 @@ class PoolReader:
     def rows(self, ids: Iterable[str]) -> np.ndarray:
         return self.index.rows(ids)
 
+    @property
+    def logits_nbytes(self) -> int:
+        """Bytes the stored /logits take on disk (compressed); 0 without full logits."""
+        return int(self.fh["logits"].id.get_storage_size()) if self.has_logits else 0
+
     def size(self, image_id: str) -> tuple[int, int]:
         """The valid (h, w) of one image."""
         h, w = self.sizes[self.index.rows([image_id])[0]]
         return int(h), int(w)
 
     def iter_batches(
-        self, batch_size: int = 16, *, ids: Sequence[str] | None = None, with_labels: bool = False
+        self, batch_size: int = 16, *, ids: Sequence[str] | None = None, with_labels: bool = False,
+        native: bool = False, reuse: bool = False,
     ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray | None]]:
         """Yield ``(ids, logits float32 (b,K,h,w), labels int64 (b,h,w) or None)`` in file order (or ``ids``
-        order), cropped to the images' valid size.
+        order), cropped to the images' valid size. ``native``: the logits in their stored dtype (float16
+        by default), for a caller that converts them itself; with ``reuse`` too, each batch's logits may be
+        a view of one buffer that the next batch overwrites (for a caller done with a batch before it asks
+        for the next: no fresh memory per batch).
 
         Each batch of ``batch_size`` rows is split into runs of consecutive rows of one size; each run is
         one yield, so a yield may hold fewer than ``batch_size`` rows, and the ids of all yields, joined,
@@ -1142,7 +1173,8 @@ class PoolReader:
                 f"{self.path}: stores no full logits (written with `alseg infer --logits {self.logits_storage}`); "
                 "use the scores file that run wrote (--scores-out), or rerun `alseg infer --logits native`"
             )
-        yield from self._iter_images(batch_size, ("logits",), ids=ids, with_labels=with_labels)
+        yield from self._iter_images(batch_size, ("logits",), ids=ids, with_labels=with_labels, raw=native,
+                                     single=True, reuse=reuse and native)
 
     def iter_topk(
         self, batch_size: int = 16, *, ids: Sequence[str] | None = None, with_labels: bool = False
@@ -1156,7 +1188,7 @@ class PoolReader:
         for batch_ids, (probs, classes), labels in self._iter_images(
             batch_size, ("topk_probs", "topk_classes"), ids=ids, with_labels=with_labels, raw=True
         ):
-            yield batch_ids, probs.astype(np.float32), classes.astype(np.int64), labels
+            yield batch_ids, to_float32(probs), classes.astype(np.int64), labels
 
     def iter_mc(
         self, batch_size: int = 16, *, ids: Sequence[str] | None = None
@@ -1171,7 +1203,9 @@ class PoolReader:
         return ((batch_ids, maps) for batch_ids, maps, _ in self._iter_images(batch_size, ("mc",), ids=ids,
                                                                               with_labels=False))
 
-    def _iter_images(self, batch_size, names, *, ids, with_labels, raw=False):
+    def _iter_images(self, batch_size, names, *, ids, with_labels, raw=False, single=False, reuse=False):
+        """Batches of the datasets ``names``: a list of stored-dtype arrays (``raw``), the first as stored
+        (``raw`` and ``single``) or the first as float32."""
         if batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
         if with_labels and not self.has_labels:
@@ -1179,6 +1213,7 @@ class PoolReader:
         rows = np.arange(len(self.ids)) if ids is None else self.rows(ids)
         datasets, labels_ds = [self.fh[n] for n in names], (self.fh["labels"] if with_labels else None)
         ahead = _ReadAhead(self.path, datasets + ([labels_ds] if labels_ds is not None else []))
+        buffers: dict[str, np.ndarray] | None = {} if reuse else None
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
             # the kernel fetches the next batches' chunks while this one is read and scored (h5py holds the
@@ -1190,13 +1225,16 @@ class PoolReader:
                 # h5py reads increasing rows: read each distinct row once, then put them in order
                 uniq, inv = np.unique(sel, return_inverse=True)
                 idx = slice(int(uniq[0]), int(uniq[-1]) + 1) if uniq[-1] - uniq[0] == len(uniq) - 1 else uniq
+                # rows already in file order need no reordering copy (a batch's ~20 MB, the common case)
+                order = slice(None) if len(uniq) == len(sel) and (np.diff(sel) > 0).all() else inv
                 try:
-                    arrays = [ds[idx, :, :h, :w][inv] for ds in datasets]
-                    labels = labels_ds[idx, :h, :w][inv].astype(np.int64) if labels_ds is not None else None
+                    arrays = [_read_cropped(ds, idx, h, w, buffers)[order] for ds in datasets]
+                    labels = labels_ds[idx, :h, :w][order].astype(np.int64) if labels_ds is not None else None
                 except OSError as exc:  # a damaged chunk
                     raise InputError(f"{self.path}: cannot read the rows of id {self.ids[sel[0]]!r} "
                                      f"({exc}); the file is damaged") from None
-                yield [self.ids[r] for r in sel], (arrays if raw else arrays[0].astype(np.float32)), labels
+                data = (arrays[0] if single else arrays) if raw else to_float32(arrays[0])
+                yield [self.ids[r] for r in sel], data, labels
 
     def embedding(self, name: str, ids: Sequence[str] | None = None) -> np.ndarray:
         """``(n, D)`` float32 embedding rows, aligned with ``ids`` (all rows in file order by default)."""

@@ -11,7 +11,6 @@ import os
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -19,17 +18,22 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from alseg.stages import no_progress as _noop
-from alseg.errors import InputError, UnknownName
+from alseg.errors import InputError, OutputError, UnknownName
 from alseg.files.atomic import check_not_input, check_writable, holding_output_locks, removed_on_failure
 from alseg.files.hdf5 import PoolReader, pool_digest, sha256_file, write_scores
 from alseg.files.manifest import manifest_path, write_manifest
+from alseg.halfs import to_float32
 from alseg.registry import SCALAR_SCORES, SCORED, get_strategy
 from alseg.registry import MC_SCORES
 
 Progress = Callable[..., None]
-# Compute threads of `score` when not given: numpy releases the GIL inside each large array operation,
-# so batches score in parallel while a reader thread decompresses the next ones.
-MAX_WORKERS = 4
+# Scoring processes of `score` when not given: min(MAX_WORKERS, CPUs) once the pool's stored logits reach
+# PROCESS_MIN_BYTES (~400 Cityscapes-sized images) on a machine of at least PROCESS_MIN_CPUS, else one (a
+# process takes ~0.4 s to start, and on 2 cores two processes only matched one, scripts/bench_score.py).
+MAX_WORKERS = 8
+PROCESS_MIN_BYTES = 512 * 2**20
+PROCESS_MIN_CPUS = 4
+_TASK_BATCHES = 4  # batches per task of a scoring process
 
 
 class _Failed:
@@ -84,28 +88,158 @@ def _read_ahead(batches: Iterable[Any], depth: int) -> Iterator[Any]:
         thread.join()
 
 
-def _computed_in_order(items: Iterable[tuple], compute: Callable[..., Any], workers: int) -> Iterator[tuple]:
-    """``(item, compute(*item))`` in the order of ``items``, computed on ``workers`` threads, at most
-    ``workers + 1`` items in flight."""
-    if workers <= 1:
-        for item in items:
-            yield item, compute(*item)
-        return
-    with ThreadPoolExecutor(workers, thread_name_prefix="alseg-score") as pool:
-        pending: collections.deque = collections.deque()
-        try:
-            for item in items:
-                pending.append((item, pool.submit(compute, *item)))
-                if len(pending) > workers:
-                    done, fut = pending.popleft()
-                    yield done, fut.result()
-            while pending:
-                done, fut = pending.popleft()
-                yield done, fut.result()
-        finally:
-            for _, fut in pending:
-                fut.cancel()
+@dataclass(frozen=True)
+class _BatchScorer:
+    """What ``score`` computes from one batch of logits; picklable, so worker processes run the same code.
 
+    ``device``: a torch device name (the fused kernels, :mod:`alseg.fused`) or None (NumPy)."""
+
+    names: tuple[str, ...]
+    n_classes: int
+    aggregation: str
+    q: float
+    crc_thresholds: np.ndarray | None
+    badge_params: dict | None
+    risk_maps: bool
+    pool_path: str
+    device: str | None = None
+
+    def __call__(self, ids: list[str], logits: np.ndarray) -> dict[str, Any]:
+        """Per-batch results; ``logits`` as stored (float16): the entropy kernel converts tile by tile."""
+        from alseg import strategies as S
+
+        if self.device is not None:
+            return self._on_device(ids, to_float32(logits))
+        names, agg, q = self.names, self.aggregation, self.q
+        out: dict[str, Any] = {}
+        if "entropy" in names:  # from the logits directly: half the passes of softmax + entropy
+            h = S.pixel_entropy_from_logits(logits)
+            if np.isnan(h).any():  # non-finite logits: the error names the images
+                S.check_finite(logits, ids, what=f"logits in {self.pool_path}")
+            out["entropy"] = S.aggregate(h, agg, q)
+        if not any(name not in ("entropy", *MC_SCORES) for name in names) and self.crc_thresholds is None:
+            return out
+        logits = to_float32(logits)
+        S.check_finite(logits, ids, what=f"logits in {self.pool_path}")
+        probs = S.softmax(logits, axis=1)
+        for name in names:
+            if name in SCALAR_SCORES and name != "entropy":
+                out[name] = S.aggregate(S.PIXEL_SCORERS[name](probs), agg, q)
+        if "contextual-diversity" in names:
+            out["contextual-diversity"], out["contextual-diversity-present"] = S.contextual_diversity(logits)
+        self._stratified(probs, out)
+        if self.badge_params is not None:
+            out["badge-logit"] = S.badge_logit_rows(logits, self.badge_params)
+        if self.crc_thresholds is not None:
+            from alseg import crc as C
+
+            out["crc"] = C.crc_image_scores(probs, self.crc_thresholds, return_risk_maps=self.risk_maps)
+        return out
+
+    def _stratified(self, probs: np.ndarray, out: dict[str, Any]) -> None:
+        """random-stratified's predicted class counts and clasp's scores (§11.5-11.6) of one batch."""
+        from alseg import strategies as S
+
+        if "random-stratified" in self.names:
+            out["class-counts"] = S.class_counts(probs.argmax(axis=1), self.n_classes)
+        if "clasp" in self.names:
+            out["clasp-class"], out["clasp"] = S.clasp_scores(probs)
+
+    def _on_device(self, ids: list[str], logits: np.ndarray) -> dict[str, Any]:
+        import torch
+
+        from alseg import crc as C
+        from alseg import fused as F
+        from alseg import strategies as S
+
+        device = torch.device(self.device)
+        names, agg, q = self.names, self.aggregation, self.q
+        S.check_finite(logits, ids, what=f"logits in {self.pool_path}")
+        p = F.softmax(torch.from_numpy(logits).to(device))
+        out: dict[str, Any] = {}
+        for name in names:
+            if name in SCALAR_SCORES:
+                out[name] = F.aggregate(F.PIXEL_SCORERS[name](p), agg, q).cpu().numpy()
+        if "contextual-diversity" in names:
+            cd, present = F.contextual_diversity(p)
+            out["contextual-diversity"], out["contextual-diversity-present"] = cd.cpu().numpy(), present.cpu().numpy()
+        if "random-stratified" in names or "clasp" in names:  # cheap next to the rest: on the CPU
+            self._stratified(S.softmax(logits, axis=1), out)
+        if self.badge_params is not None:
+            out["badge-logit"] = S.badge_logit_rows(logits, self.badge_params)
+        if self.crc_thresholds is not None:
+            u, v = F.crc(p, torch.as_tensor(self.crc_thresholds, dtype=torch.float64, device=device))
+            maps = (C.crc_image_scores(S.softmax(logits, axis=1), self.crc_thresholds, return_risk_maps=True)[2]
+                    if self.risk_maps else None)
+            out["crc"] = (u.cpu().numpy(), v.cpu().numpy(), maps)
+        return out
+
+
+def _scored_batches(pool: PoolReader, scorer: _BatchScorer, batch_size: int,
+                    workers: int) -> Iterator[tuple[list[str], dict[str, Any]]]:
+    """``(ids, scorer(ids, logits))`` for every batch of ``pool``, in file order.
+
+    One worker: a reader thread reads ahead while this process scores (h5py's copies overlap the kernels).
+    More: ``workers`` processes, each opening the pool and reading and scoring its own runs of
+    ``_TASK_BATCHES`` batches into one reused buffer; only the results travel back. Not threads: h5py holds the GIL while it reads, and the scoring kernels' many short NumPy
+    calls hand the GIL back and forth, so two threads scored 1.05x as fast as one (measured, 2 cores).
+    At most two tasks per worker are in flight, so memory stays flat in N.
+    """
+    if workers <= 1:
+        # iter_batches crops to each image's valid size (a batch of mixed sizes comes as several runs)
+        batches = _read_ahead(pool.iter_batches(batch_size, native=True), depth=2)
+        try:
+            for ids, logits, _ in batches:
+                yield ids, scorer(ids, logits)
+        finally:
+            batches.close()
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    ids, step = list(pool.ids), batch_size * _TASK_BATCHES
+    # spawn, not fork: the parent holds the pool open in HDF5 and may hold torch's thread pools
+    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init, initargs=(str(pool.path), scorer, batch_size))
+    pending: collections.deque = collections.deque()
+    try:
+        for start in range(0, len(ids), step):
+            pending.append(executor.submit(_worker_score, ids[start : start + step]))
+            if len(pending) >= 2 * workers:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+    except BrokenProcessPool:
+        raise OutputError(f"{pool.path}: a scoring process died (out of memory?); rerun with --workers 1, "
+                          "or with a smaller --batch-size") from None
+    finally:
+        for fut in pending:
+            fut.cancel()
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+_WORKER: dict[str, Any] = {}  # a scoring process's open pool, scorer and batch size
+
+
+def _worker_init(pool_path: str, scorer: _BatchScorer, batch_size: int) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the pool
+    os.environ["OMP_NUM_THREADS"] = "1"  # torch (contextual diversity) is imported later: one thread each
+    try:
+        from threadpoolctl import threadpool_limits
+
+        _WORKER["blas"] = threadpool_limits(1)  # the processes are the parallelism
+    except ImportError:
+        pass
+    _WORKER.update(pool=PoolReader(pool_path), scorer=scorer, batch_size=batch_size)
+
+
+def _worker_score(ids: list[str]) -> list[tuple[list[str], dict[str, Any]]]:
+    pool, scorer = _WORKER["pool"], _WORKER["scorer"]
+    return [(batch_ids, scorer(batch_ids, logits))
+            for batch_ids, logits, _ in pool.iter_batches(_WORKER["batch_size"], ids=ids, native=True, reuse=True)]
 
 
 def _mc_scores(pool: PoolReader, names: Sequence[str], *, aggregation: str, q: float, batch_size: int,
@@ -164,9 +298,11 @@ def score(
 ) -> ScoreResult:
     """Score every image of ``pool_path`` for each strategy in ``strategies``; write ``out_path``.
 
-    A reader thread decompresses the next batches while ``workers`` threads (default: the CPU count, at
-    most 4) score the current ones; results are stored in file order, identical to a serial pass.
-    Memory: about ``2 * workers + 2`` batches of float32 logits in flight.
+    ``workers`` processes read and score runs of batches in parallel (default: one for pools of under
+    :data:`PROCESS_MIN_BYTES` of stored logits or machines of under :data:`PROCESS_MIN_CPUS` CPUs, else
+    the CPU count, at most :data:`MAX_WORKERS`); results are stored in file order, identical to a serial
+    pass. Memory: a few batches of logits per process. A script that calls this with ``workers > 1``
+    needs the usual ``if __name__ == "__main__":`` guard (the processes are spawned).
 
     ``device`` other than ``cpu``: the softmax, pixel scores, contextual diversity and the CRC statistics
     run in torch on that device (:mod:`alseg.fused`, one worker); BADGE's pooled embedding and saved risk
@@ -201,8 +337,8 @@ def score(
     # the default CPU path is NumPy: it need not import torch (seconds) to learn that
     torch_device = None if device.strip().lower() == "cpu" else resolve_device(device)
     on_device = torch_device is not None and torch_device.type != "cpu"
-    n_workers = 1 if on_device else min(MAX_WORKERS, os.cpu_count() or 1) if workers is None else int(workers)
-    if n_workers < 1:
+    n_workers = 1 if on_device else None if workers is None else int(workers)
+    if n_workers is not None and n_workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
     if save_risk_maps < 0:
         raise InputError(f"--save-risk-maps must be >= 0 (how many maps to keep), got {save_risk_maps}")
@@ -266,73 +402,19 @@ def score(
         crc_thresholds = thresholds if calibration is not None else None
         badge_params = badge if "badge" in names else None
 
-        def stratified(probs: np.ndarray, out: dict[str, Any]) -> None:
-            """random-stratified's predicted class counts and clasp's scores (§11.5-11.6) of one batch."""
-            if "random-stratified" in names:
-                out["class-counts"] = S.class_counts(probs.argmax(axis=1), k)
-            if "clasp" in names:
-                out["clasp-class"], out["clasp"] = S.clasp_scores(probs)
-
-        def compute_on_device(ids: list[str], logits: np.ndarray, _labels: Any) -> dict[str, Any]:
-            import torch
-
-            from alseg import fused as F
-
-            S.check_finite(logits, ids, what=f"logits in {pool_path}")
-            p = F.softmax(torch.from_numpy(logits).to(torch_device))
-            out: dict[str, Any] = {}
-            for name in names:
-                if name in SCALAR_SCORES:
-                    out[name] = F.aggregate(F.PIXEL_SCORERS[name](p), aggregation, q).cpu().numpy()
-            if "contextual-diversity" in names:
-                cd, present = F.contextual_diversity(p)
-                out["contextual-diversity"], out["contextual-diversity-present"] = cd.cpu().numpy(), present.cpu().numpy()
-            if "random-stratified" in names or "clasp" in names:  # cheap next to the rest: on the CPU
-                stratified(S.softmax(logits, axis=1), out)
-            if badge_params is not None:
-                out["badge-logit"] = S.badge_logit_rows(logits, badge_params)
-            if crc_thresholds is not None:
-                u, v = F.crc(p, torch.as_tensor(crc_thresholds, dtype=torch.float64, device=torch_device))
-                maps = (C.crc_image_scores(S.softmax(logits, axis=1), crc_thresholds, return_risk_maps=True)[2]
-                        if save_risk_maps > 0 else None)
-                out["crc"] = (u.cpu().numpy(), v.cpu().numpy(), maps)
-            return out
-
-        needs_probs = any(name not in ("entropy", *MC_SCORES) for name in names) or crc_thresholds is not None
-
-        def compute(ids: list[str], logits: np.ndarray, _labels: Any) -> dict[str, Any]:
-            # pure per-batch work (the same functions whatever the thread): results in, file order kept
-            if on_device:
-                return compute_on_device(ids, logits, _labels)
-            out: dict[str, Any] = {}
-            if "entropy" in names:  # from the logits directly: half the passes of softmax + entropy
-                h = S.pixel_entropy_from_logits(logits)
-                if np.isnan(h).any():  # non-finite logits: the error names the images
-                    S.check_finite(logits, ids, what=f"logits in {pool_path}")
-                out["entropy"] = S.aggregate(h, aggregation, q)
-            if not needs_probs:
-                return out
-            S.check_finite(logits, ids, what=f"logits in {pool_path}")
-            probs = S.softmax(logits, axis=1)
-            for name in names:
-                if name in SCALAR_SCORES and name != "entropy":
-                    out[name] = S.aggregate(S.PIXEL_SCORERS[name](probs), aggregation, q)
-            if "contextual-diversity" in names:
-                out["contextual-diversity"], out["contextual-diversity-present"] = S.contextual_diversity(logits)
-            stratified(probs, out)
-            if badge_params is not None:
-                out["badge-logit"] = S.badge_logit_rows(logits, badge_params)
-            if crc_thresholds is not None:
-                out["crc"] = C.crc_image_scores(probs, crc_thresholds, return_risk_maps=save_risk_maps > 0)
-            return out
-
+        scorer = _BatchScorer(
+            names=tuple(names), n_classes=k, aggregation=aggregation, q=q, crc_thresholds=crc_thresholds,
+            badge_params=badge_params, risk_maps=save_risk_maps > 0, pool_path=str(pool_path),
+            device=str(torch_device) if on_device else None,
+        )
         progress(0, total=n)
         row = 0
-        # iter_batches crops to each image's valid size (a batch of mixed sizes comes as several runs)
-        batches = _read_ahead(pool.iter_batches(batch_size) if needs_logits else iter(()), depth=n_workers + 1)
-        computed = _computed_in_order(batches, compute, n_workers)
+        if n_workers is None:  # processes pay off once reading and scoring take longer than starting them
+            cpus = os.cpu_count() or 1
+            n_workers = 1 if pool.logits_nbytes < PROCESS_MIN_BYTES or cpus < PROCESS_MIN_CPUS else min(MAX_WORKERS, cpus)
+        computed = _scored_batches(pool, scorer, batch_size, n_workers) if needs_logits else iter(())
         try:
-            for (ids, _, _), res in computed:
+            for ids, res in computed:
                 b = len(ids)
                 sl = slice(row, row + b)
                 for name in names:
@@ -359,7 +441,6 @@ def score(
                 progress(b)
         finally:
             computed.close()
-            batches.close()
         if mc_names:
             progress(0, total=2 * n if needs_logits else n)
             for name, values in _mc_scores(pool, mc_names, aggregation=aggregation, q=q, batch_size=batch_size,
