@@ -237,3 +237,240 @@ def test_entropy_kernel_tiles_and_float16_match_the_textbook(monkeypatch):
     got = S.pixel_entropy_from_logits(bad)
     assert np.isnan(got[1, 3, 4]) and np.isnan(got).sum() == 1
     np.testing.assert_allclose(np.nan_to_num(got), np.where(np.isnan(got), 0, ref), atol=2e-6)
+
+
+# ------------------------------------------------------------------ tiled NumPy kernels vs brute force
+#
+# margin, least-confidence, entropy, predicted_classes, class_counts, clasp and contextual diversity run
+# image by image in tiles of pixels with reused buffers. Each is checked here against a plain reference
+# written with np.sort / explicit loops over images and classes, on inputs with exact ties between
+# classes, uniform pixels, saturated logits (one class at +200: probabilities exactly 1 and 0), K = 1 and
+# K = 2, and tiles of 7 pixels that cut the 45-pixel images at odd places.
+
+
+def _hard_logits(seed, k, shape=(3, 5, 9)):
+    """(N, K, H, W) float32 logits with ties (two classes at the maximum; all classes equal), saturated
+    pixels (+200), and, in image 2, class 0 predicted only at saturated pixels (its entropy sum is 0)."""
+    n, h, w = shape
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, k, h, w)) * 2).astype(np.float32)
+    x[:2, :, 0, :3] = 0.5  # all classes equal: uniform pixels, every class tied
+    if k >= 2:
+        x[0, :2, 1, :] = 7.0  # classes 0 and 1 tied at the top: the first maximum is class 0
+        x[1, k - 2 :, 2, :] = x[1].max() + 1.0  # the last two classes tied at the top
+    x[0, k - 1, 3, 2:6] = 200.0  # saturated
+    x[2, 0] = -5.0
+    x[2, 0, 4, 1:4] = 200.0  # class 0 of image 2: saturated pixels only
+    return x
+
+
+def _argmax_loop(p):
+    """First index of the maximum along axis 1, by a strict > running over the classes."""
+    n, k = p.shape[:2]
+    out = np.zeros((n,) + p.shape[2:], dtype=np.intp)
+    for i in range(n):
+        best = p[i, 0].copy()
+        for c in range(1, k):
+            better = p[i, c] > best
+            out[i][better] = c
+            best[better] = p[i, c][better]
+    return out
+
+
+def _entropy_loop(p):
+    """-sum_k p log p / log K in float32, classes added one after the other, 0 where p is not > 0."""
+    p = np.asarray(p, dtype=np.float32)
+    n, k = p.shape[:2]
+    if k <= 1:
+        return np.zeros((n,) + p.shape[2:], dtype=np.float32)
+    out = np.zeros((n,) + p.shape[2:], dtype=np.float32)
+    for i in range(n):
+        acc = np.zeros(p.shape[2:], dtype=np.float32)
+        for c in range(k):
+            row = p[i, c]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                acc += np.where(row > 0, row * np.log(np.where(row > 0, row, 1)), 0).astype(np.float32)
+        out[i] = np.clip(-acc / np.float32(math.log(k)), 0, 1)
+    return out
+
+
+def _margin_sort(p):
+    p = np.asarray(p, dtype=np.float32)
+    if p.shape[1] == 1:
+        return np.float32(1) - p[:, 0]
+    s = np.sort(p, axis=1)
+    return np.float32(1) - (s[:, -1] - s[:, -2])
+
+
+def _small_tiles(monkeypatch, k, pixels=7):
+    monkeypatch.setattr(S, "_TILE_VALUES", pixels * k)
+    monkeypatch.setattr(S, "_ROW_TILE_PIXELS", pixels)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 19])
+@pytest.mark.parametrize("tiles", ["default", "7 pixels"])
+def test_tiled_pixel_scorers_equal_brute_force(k, tiles, monkeypatch):
+    if tiles != "default":
+        _small_tiles(monkeypatch, k)
+    x = _hard_logits(k, k)
+    p = S.softmax(x)
+    margin = S.pixel_margin(p)
+    assert margin.dtype == np.float32 and margin.shape == (3, 5, 9)
+    np.testing.assert_array_equal(margin, _margin_sort(p))
+    lc = S.pixel_least_confidence(p)
+    assert lc.dtype == np.float32
+    np.testing.assert_array_equal(lc, np.float32(1) - np.sort(p, axis=1)[:, -1])
+    h = S.pixel_entropy(p)
+    assert h.dtype == np.float32 and h.shape == (3, 5, 9)
+    np.testing.assert_allclose(h, _entropy_loop(p), rtol=0, atol=2e-7)
+    assert h[0, 3, 2] == 0.0  # saturated
+    if k >= 2:
+        assert h[0, 0, 0] == pytest.approx(1.0, abs=1e-6)  # uniform
+        assert margin[0, 0, 0] == 1.0 and margin[0, 1, 0] == 1.0  # ties: p_(2) = p_(1)
+    # other dtypes and layouts: the same numbers as on their float32 values
+    for q in (p.astype(np.float16), p.astype(np.float64), p[:, :, ::-1, ::2]):
+        q32 = q.astype(np.float32)
+        np.testing.assert_array_equal(S.pixel_margin(q), _margin_sort(q32))
+        np.testing.assert_allclose(S.pixel_entropy(q), _entropy_loop(q32), rtol=0, atol=2e-7)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 19])
+@pytest.mark.parametrize("tiles", ["default", "7 pixels"])
+def test_predicted_classes_is_the_first_maximum(k, tiles, monkeypatch):
+    if tiles != "default":
+        _small_tiles(monkeypatch, k)
+    p = S.softmax(_hard_logits(10 + k, k))
+    got = S.predicted_classes(p)
+    assert got.dtype == np.intp and got.shape == (3, 5, 9)
+    np.testing.assert_array_equal(got, _argmax_loop(p))
+    np.testing.assert_array_equal(got, p.argmax(axis=1))
+    assert (got[:2, 0, :3] == 0).all()  # every class tied: class 0
+    if k >= 2:
+        assert (got[0, 1] == 0).all() and (got[1, 2] == k - 2).all()
+    # integer scores, a strided view, and NaN (NumPy's argmax gives the first NaN)
+    ints = np.random.default_rng(k).integers(0, 3, (2, k, 4, 7))
+    np.testing.assert_array_equal(S.predicted_classes(ints), _argmax_loop(ints))
+    np.testing.assert_array_equal(S.predicted_classes(p[:, :, ::-1]), _argmax_loop(p[:, :, ::-1]))
+    bad = p.copy()
+    bad[1, k - 1, 2, 3] = np.nan
+    np.testing.assert_array_equal(S.predicted_classes(bad), bad.argmax(axis=1))
+    assert S.predicted_classes(bad)[1, 2, 3] == k - 1
+    with pytest.raises(InputError):
+        S.predicted_classes(p[0])
+
+
+def test_class_counts_equal_a_loop_over_classes():
+    rng = np.random.default_rng(3)
+    for dtype in (np.uint8, np.int16, np.int64, np.uint64):
+        labels = rng.integers(0, 6, (4, 5, 9)).astype(dtype)
+        labels[1, 0, :4] = 255  # the ignore index
+        if np.issubdtype(dtype, np.signedinteger):
+            labels[2, 3, 3] = -1
+        labels[3] = 255  # nothing valid
+        for k in (1, 2, 6, 19):
+            want = np.array([[np.count_nonzero(labels[i] == c) for c in range(k)] for i in range(4)])
+            got = S.class_counts(labels, k)
+            assert got.dtype == np.int64 and got.shape == (4, k)
+            np.testing.assert_array_equal(got, want)
+    p = S.softmax(_hard_logits(4, 19))
+    np.testing.assert_array_equal(S.class_counts(S.predicted_classes(p), 19),
+                                  S.class_counts(p.argmax(axis=1), 19))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 19])
+@pytest.mark.parametrize("tiles", ["default", "7 pixels"])
+def test_clasp_scores_equal_float64_loops(k, tiles, monkeypatch):
+    if tiles != "default":
+        _small_tiles(monkeypatch, k)
+    p = S.softmax(_hard_logits(20 + k, k))
+    s_c, s = S.clasp_scores(p)
+    assert s_c.dtype == np.float64 and s_c.shape == (3, k) and s.dtype == np.float64 and s.shape == (3,)
+    h = _entropy_loop(p).astype(np.float64)
+    for i in range(3):
+        hi = h[i].ravel()
+        assert s[i] == pytest.approx(math.fsum(hi) / hi.size, rel=1e-12, abs=1e-15)
+        for c in range(k):
+            want = math.fsum(p[i, c].astype(np.float64).ravel() * hi) / hi.size
+            assert s_c[i, c] == pytest.approx(want, rel=1e-6, abs=1e-12)
+    np.testing.assert_allclose(s_c.sum(axis=1), s, rtol=1e-6, atol=1e-12)
+
+
+def _contextual_diversity_loop(x):
+    """P and present by explicit loops over images and classes: float64 sums of p and h p over the pixels
+    whose first maximum is c (h = the float32 entropy of the float32 softmax)."""
+    p = S.softmax(x)
+    h = _entropy_loop(p).astype(np.float64)
+    yhat = _argmax_loop(p)
+    n, k = p.shape[:2]
+    P = np.zeros((n, k, k))
+    present = np.zeros((n, k), dtype=bool)
+    for i in range(n):
+        for c in range(k):
+            mask = yhat[i] == c
+            if not mask.any():
+                continue
+            present[i, c] = True
+            pix = p[i][:, mask].astype(np.float64)  # (K, pixels of c)
+            hc = h[i][mask]
+            den = math.fsum(hc)
+            if den > 0:
+                P[i, c] = [math.fsum(pix[j] * hc) / den for j in range(k)]
+            else:
+                P[i, c] = [math.fsum(pix[j]) / mask.sum() for j in range(k)]
+    return P, present
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 19])
+@pytest.mark.parametrize("tiles", ["default", "7 pixels"])
+def test_contextual_diversity_equals_float64_loops(k, tiles, monkeypatch):
+    if tiles != "default":
+        _small_tiles(monkeypatch, k)
+    x = _hard_logits(30 + k, k)
+    if k >= 3:
+        x[1, 2] -= 60.0  # class 2 never predicted in image 1
+    P, present = S.contextual_diversity(x)
+    assert P.dtype == np.float32 and P.shape == (3, k, k) and present.dtype == bool and present.shape == (3, k)
+    P_ref, present_ref = _contextual_diversity_loop(x)
+    np.testing.assert_array_equal(present, present_ref)
+    np.testing.assert_allclose(P, P_ref, rtol=1e-6, atol=1e-7)
+    assert present[2, 0]
+    if k >= 2:  # class 0 of image 2 holds saturated pixels only: h sum 0, the plain mean (1, 0, ...)
+        np.testing.assert_array_equal(P[2, 0], np.eye(k, dtype=np.float32)[0])
+    if k >= 3:
+        assert not present[1, 2] and (P[1, 2] == 0).all()
+    # float16 and float64 logits: the same as their float32 values (softmax converts them so)
+    x16 = x.astype(np.float16)
+    np.testing.assert_array_equal(S.contextual_diversity(x16)[0], S.contextual_diversity(x16.astype(np.float32))[0])
+    np.testing.assert_array_equal(S.contextual_diversity(x.astype(np.float64))[0], P)
+
+
+def test_contextual_diversity_errors_and_no_torch():
+    x = _hard_logits(5, 4)
+    x[1, 2, 3, 4] = -np.inf
+    with pytest.raises(NonFiniteError, match="b"):
+        S.contextual_diversity(x, ids=["a", "b", "c"])
+    with pytest.raises(InputError):
+        S.contextual_diversity(x[0])
+    with pytest.raises(InputError):
+        S.contextual_diversity(np.zeros((1, 3, 2, 2), dtype=np.int32))
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from alseg import strategies as S; "
+            "x = np.random.default_rng(0).standard_normal((2, 4, 5, 6)).astype(np.float32); "
+            "S.contextual_diversity(x); S.clasp_scores(S.softmax(x)); S.pixel_margin(S.softmax(x)); "
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tiled_scorers_leave_their_inputs_alone(monkeypatch):
+    _small_tiles(monkeypatch, 5)
+    x = _hard_logits(40, 5)
+    p = S.softmax(x)
+    x0, p0 = x.copy(), p.copy()
+    for fn in (S.pixel_margin, S.pixel_least_confidence, S.pixel_entropy, S.predicted_classes, S.clasp_scores):
+        fn(p)
+    S.contextual_diversity(x)
+    S.class_counts(S.predicted_classes(p), 5)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(p, p0)

@@ -141,7 +141,7 @@ class _BatchScorer:
         from alseg import strategies as S
 
         if "random-stratified" in self.names:
-            out["class-counts"] = S.class_counts(probs.argmax(axis=1), self.n_classes)
+            out["class-counts"] = S.class_counts(S.predicted_classes(probs), self.n_classes)
         if "clasp" in self.names:
             out["clasp-class"], out["clasp"] = S.clasp_scores(probs)
 
@@ -211,8 +211,8 @@ def _scored_batches(pool: PoolReader, scorer: _BatchScorer, batch_size: int,
         while pending:
             yield from pending.popleft().result()
     except BrokenProcessPool:
-        raise OutputError(f"{pool.path}: a scoring process died (out of memory?); rerun with --workers 1, "
-                          "or with a smaller --batch-size") from None
+        raise OutputError(f"{pool.path}: a scoring process died (out of memory, or a Python script calling "
+                          "score without the `if __name__ == '__main__':` guard); rerun with --workers 1") from None
     finally:
         for fut in pending:
             fut.cancel()

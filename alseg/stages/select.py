@@ -159,7 +159,7 @@ class _Sources:
                 if "class-counts" in s.embedding_names:
                     return s.embedding("class-counts", ids)
         (out,) = self._stream_probs(ids, "strategy 'random-stratified' without --scores",
-                                    lambda probs: (S.class_counts(probs.argmax(axis=1), probs.shape[1]),))
+                                    lambda probs: (S.class_counts(S.predicted_classes(probs), probs.shape[1]),))
         return out
 
     def clasp(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
