@@ -102,14 +102,15 @@ def score(pool: PathLike, *, strategy: str | Iterable[str], out: PathLike, calib
           aggregation: str = "mean", q: float = 10.0, save_risk_maps: int = 0, batch_size: int = 16,
           device: str = "cpu", overwrite: bool = False, progress: Progress = None, unit: str = "image",
           region_reduction: str = "mean", region_store: PathLike | None = None, dataset_config: str | None = None,
-          data_root: PathLike | None = None):
+          data_root: PathLike | None = None, workers: int | None = None):
     """``alseg score``: image scores and strategy embeddings of every image of ``pool`` into ``out`` (with a
-    region ``unit``: the score of every region, for ``select(unit=..., scores=...)``)."""
+    region ``unit``: the score of every region, for ``select(unit=..., scores=...)``). ``workers`` > 1
+    spawns scoring processes: a script needs the ``if __name__ == "__main__":`` guard."""
     from alseg.stages.score import score as _score
 
     return _score(pool, strategies=_names(strategy), out_path=out, calibration_path=calibration,
                   aggregation=aggregation, q=q, save_risk_maps=save_risk_maps, batch_size=batch_size,
-                  device=device, overwrite=overwrite, progress=_progress(progress), unit=unit,
+                  device=device, workers=workers, overwrite=overwrite, progress=_progress(progress), unit=unit,
                   region_reduction=region_reduction, region_store=region_store, dataset_config=dataset_config,
                   data_root=data_root)
 
