@@ -651,12 +651,24 @@ def _onehot_gradient(probs: np.ndarray) -> np.ndarray:
     return g
 
 
-def badge_logit_embedding(logits: np.ndarray, window: int, ids: Sequence[str] | None = None) -> np.ndarray:
+def _badge_gradient(x: np.ndarray, probs: np.ndarray | None) -> np.ndarray:
+    """g = p - onehot(yhat) of logits ``x`` (checked finite), from ``probs`` = softmax(x) when the caller has
+    it (the same values: it saves the softmax)."""
+    if probs is None:
+        probs = softmax(x, axis=1)
+    elif probs.shape != x.shape:
+        raise InputError(f"probabilities {probs.shape} and logits {x.shape} differ in shape")
+    return _onehot_gradient(probs)
+
+
+def badge_logit_embedding(logits: np.ndarray, window: int, ids: Sequence[str] | None = None, *,
+                          probs: np.ndarray | None = None) -> np.ndarray:
     """BADGE ``logit`` embedding: g = p - onehot(yhat) average-pooled over non-overlapping s x s windows.
 
     ``logits`` (N, K, H, W), ``window`` = s (see :func:`badge_window`). The last H mod s rows and W mod s
     columns are dropped (as ``avg_pool2d`` does). Returns (N, K * (H//s) * (W//s)) float32, flattened in
-    (K, H//s, W//s) order.
+    (K, H//s, W//s) order. ``probs``: softmax(logits), when already computed. Window sums accumulate in
+    float64.
     """
     x = np.asarray(logits)
     if x.ndim != 4:
@@ -666,10 +678,11 @@ def badge_logit_embedding(logits: np.ndarray, window: int, ids: Sequence[str] | 
     if s < 1 or s > min(height, width):
         raise InputError(f"BADGE window must be in [1, {min(height, width)}] for {height}x{width} logits, got {s}")
     check_finite(x, ids, "logits")
-    g = _onehot_gradient(softmax(x, axis=1))
+    g = _badge_gradient(x, probs)
     hs, ws = height // s, width // s
     g = g[:, :, : hs * s, : ws * s].reshape(n_images, n_classes, hs, s, ws, s)
-    pooled = g.astype(np.float64).mean(axis=(3, 5))
+    pooled = g.sum(axis=(3, 5), dtype=np.float64)  # no float64 copy of g: 3x faster than astype + mean
+    pooled /= s * s
     return pooled.reshape(n_images, -1).astype(np.float32)
 
 
@@ -680,7 +693,7 @@ def _adaptive_bins(size: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def badge_logit_embedding_adaptive(
-    logits: np.ndarray, grid: Sequence[int], ids: Sequence[str] | None = None
+    logits: np.ndarray, grid: Sequence[int], ids: Sequence[str] | None = None, *, probs: np.ndarray | None = None
 ) -> np.ndarray:
     """BADGE ``logit`` embedding of a variable-size pool: g = p - onehot(yhat) averaged over a fixed grid.
 
@@ -697,7 +710,7 @@ def badge_logit_embedding_adaptive(
         raise InputError(f"BADGE grid must be two sizes >= 1, got {tuple(grid)}")
     n_images, n_classes, height, width = x.shape
     check_finite(x, ids, "logits")
-    g = _onehot_gradient(softmax(x, axis=1)).astype(np.float64)
+    g = _badge_gradient(x, probs).astype(np.float64)
     # Separable box sums from cumulative sums: rows first, then columns.
     r0, r1 = _adaptive_bins(height, gh)
     c0, c1 = _adaptive_bins(width, gw)
@@ -726,11 +739,13 @@ def badge_logit_params(
     return params
 
 
-def badge_logit_rows(logits: np.ndarray, params: dict, ids: Sequence[str] | None = None) -> np.ndarray:
-    """The BADGE ``logit`` embedding of ``logits`` pooled as ``params`` (:func:`badge_logit_params`) says."""
+def badge_logit_rows(logits: np.ndarray, params: dict, ids: Sequence[str] | None = None, *,
+                     probs: np.ndarray | None = None) -> np.ndarray:
+    """The BADGE ``logit`` embedding of ``logits`` pooled as ``params`` (:func:`badge_logit_params`) says;
+    ``probs``: softmax(logits), when already computed."""
     if params.get("pooling") == "adaptive":
-        return badge_logit_embedding_adaptive(logits, params["grid"], ids)
-    return badge_logit_embedding(logits, params["window"], ids)
+        return badge_logit_embedding_adaptive(logits, params["grid"], ids, probs=probs)
+    return badge_logit_embedding(logits, params["window"], ids, probs=probs)
 
 
 def badge_logit_dim(n_classes: int, height: int, width: int, params: dict) -> int:

@@ -129,7 +129,7 @@ class _BatchScorer:
             out["contextual-diversity"], out["contextual-diversity-present"] = S.contextual_diversity(logits)
         self._stratified(probs, out)
         if self.badge_params is not None:
-            out["badge-logit"] = S.badge_logit_rows(logits, self.badge_params)
+            out["badge-logit"] = S.badge_logit_rows(logits, self.badge_params, probs=probs)
         if self.crc_thresholds is not None:
             from alseg import crc as C
 
@@ -177,7 +177,7 @@ class _BatchScorer:
 
 def _scored_batches(pool: PoolReader, scorer: _BatchScorer, batch_size: int,
                     workers: int) -> Iterator[tuple[list[str], dict[str, Any]]]:
-    """``(ids, scorer(ids, logits))`` for every batch of ``pool``, in file order.
+    """``(ids, scorer(ids, logits))`` for every batch of ``pool``, in file order (none for ``workers`` 0).
 
     One worker: a reader thread reads ahead while this process scores (h5py's copies overlap the kernels).
     More: ``workers`` processes, each opening the pool and reading and scoring its own runs of
@@ -185,7 +185,9 @@ def _scored_batches(pool: PoolReader, scorer: _BatchScorer, batch_size: int,
     calls hand the GIL back and forth, so two threads scored 1.05x as fast as one (measured, 2 cores).
     At most two tasks per worker are in flight, so memory stays flat in N.
     """
-    if workers <= 1:
+    if workers == 0:
+        return
+    if workers == 1:
         # iter_batches crops to each image's valid size (a batch of mixed sizes comes as several runs)
         batches = _read_ahead(pool.iter_batches(batch_size, native=True), depth=2)
         try:
@@ -412,7 +414,8 @@ def score(
         if n_workers is None:  # processes pay off once reading and scoring take longer than starting them
             cpus = os.cpu_count() or 1
             n_workers = 1 if pool.logits_nbytes < PROCESS_MIN_BYTES or cpus < PROCESS_MIN_CPUS else min(MAX_WORKERS, cpus)
-        computed = _scored_batches(pool, scorer, batch_size, n_workers) if needs_logits else iter(())
+        # MC strategies alone read /mc below, not the logits: no batches (a generator, so close() works)
+        computed = _scored_batches(pool, scorer, batch_size, n_workers if needs_logits else 0)
         try:
             for ids, res in computed:
                 b = len(ids)
