@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from alseg.commands import app
+from alseg.errors import InputError
 from alseg.files.hdf5 import PoolReader, PoolWriter, ScoresReader, merge_pools, shard_path
 
 from conftest import make_pool
@@ -283,6 +284,43 @@ def test_interrupted_mc_infer_resumes_to_the_single_pass(world, tmp_path, monkey
     res = infer(CONFIG, out_path=out, cfg_options=DROPOUT, mc=T, with_labels=True, resume=True, **world["common"])
     assert res.n_resumed == 2 * BATCH and res.mc == T
     _assert_same_datasets(out, world["ref"])
+
+
+def test_resume_auto_continues_matching_batches_and_restarts_otherwise(world, tmp_path, monkeypatch):
+    """``resume="auto"`` (what ``alseg run`` passes): a killed run's batches under other options (T + 1)
+    are dropped and the pool starts over; under the same options they are kept. Both give the single pass."""
+    from alseg.stages.infer import infer
+
+    out = tmp_path / "pool.h5"
+    append = PoolWriter.append
+
+    def interrupted(mc):
+        seen = {"n": 0}
+
+        def killed_after_two(self, *args, **kwargs):
+            if seen["n"] == 2:
+                raise KeyboardInterrupt
+            seen["n"] += 1
+            return append(self, *args, **kwargs)
+
+        monkeypatch.setattr(PoolWriter, "append", killed_after_two)
+        with pytest.raises(KeyboardInterrupt):
+            infer(CONFIG, out_path=out, cfg_options=DROPOUT, mc=mc, with_labels=True, overwrite=True,
+                  resume="auto", **world["common"])
+        monkeypatch.setattr(PoolWriter, "append", append)
+
+    interrupted(T + 1)
+    res = infer(CONFIG, out_path=out, cfg_options=DROPOUT, mc=T, with_labels=True, overwrite=True, resume="auto",
+                **world["common"])
+    assert res.n_resumed == 0
+    _assert_same_datasets(out, world["ref"])
+    interrupted(T)
+    res = infer(CONFIG, out_path=out, cfg_options=DROPOUT, mc=T, with_labels=True, overwrite=True, resume="auto",
+                **world["common"])
+    assert res.n_resumed == 2 * BATCH
+    _assert_same_datasets(out, world["ref"])
+    with pytest.raises(InputError, match="resume"):
+        infer(CONFIG, out_path=out, mc=T, overwrite=True, resume="yes", **world["common"])
 
 
 def test_merge_of_two_mc_shards_equals_the_single_pass(world, tmp_path):

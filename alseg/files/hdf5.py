@@ -1025,6 +1025,21 @@ def check_pool_resume(
     return len(_segment_paths(p))
 
 
+def partial_resumable(path: str | os.PathLike, fingerprint: Mapping[str, Any]) -> bool:
+    """Whether ``path``'s partial folder holds finished batches that ``resume`` would continue under
+    ``fingerprint`` (the check of :func:`check_pool_resume`); False when there are none or they differ."""
+    p = partial_path(Path(path))
+    if not p.is_dir() or not _has_segments(p):
+        return False
+    new = _plain(dict(fingerprint))
+    try:
+        old = _read_header(p)["fingerprint"]
+        _compare_fingerprint(p, {k: v for k, v in old.items() if k in new}, new)
+    except (InputError, OSError, KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
 class _Shape:
     def __init__(self, shape: Sequence[int]):
         self.shape = tuple(int(x) for x in shape)

@@ -217,7 +217,7 @@ def infer(
     embeddings: Sequence[str] = (),
     resolution: str = "native",
     overwrite: bool = False,
-    resume: bool = False,
+    resume: bool | str = False,
     split: str = "auto",
     cfg_options: Mapping[str, Any] | None = None,
     progress: Callable[[int, int | None], None] | None = None,
@@ -242,7 +242,9 @@ def infer(
     size (each is stored with its valid size, see :mod:`alseg.files.hdf5`).
     ``resume`` continues an interrupted run from the finished batches in ``<out>.partial/``, after
     checking that config, checkpoint, id list and options are the same (see :class:`PoolWriter`); the
-    result is the file an uninterrupted run writes. Two runs never write one output at once.
+    result is the file an uninterrupted run writes. ``resume="auto"`` (with ``overwrite``; what
+    ``alseg run`` passes) continues when that check passes and starts over otherwise. Two runs never write
+    one output at once.
 
     ``shard=(i, n)`` writes only shard i of n (:func:`shard_rows`) to ``<stem>.shard-i-of-n.h5``; under
     torchrun each rank writes its shard (on ``cuda:LOCAL_RANK`` when CUDA is used) and rank 0 merges
@@ -263,6 +265,8 @@ def infer(
         raise InputError(f"--mc: {mc!r} is not a number of MC-dropout passes >= 0 (0: none; e.g. --mc 10)")
     if mc_scope not in MC_SCOPES:
         raise InputError(f"--mc-scope: unknown {mc_scope!r}; choose one of: {', '.join(MC_SCOPES)}")
+    if resume not in (True, False, "auto"):
+        raise InputError(f"resume must be True, False or 'auto', got {resume!r}")
     env = torchrun_env()
     if env is not None and shard is not None:
         raise InputError("--shard and torchrun both split the id list; drop --shard under torchrun")
@@ -401,7 +405,7 @@ def _infer_one(
     embeddings: Sequence[str],
     resolution: str,
     overwrite: bool,
-    resume: bool,
+    resume: bool | str,
     split: str,
     cfg_options: Mapping[str, Any] | None,
     progress: Callable[[int, int | None], None] | None,
@@ -439,7 +443,7 @@ def _infer_one(
         raise InputError(f"{ids_path}: the id list is empty")
     ids = all_ids if shard is None else all_ids[shard_rows(len(all_ids), batch_size, shard)]
     # a shard a killed job finished is kept by --resume (after its fingerprint is compared, below)
-    keep = shard is not None and resume and Path(out_path).is_file() and not partial_path(out_path).is_dir()
+    keep = shard is not None and resume is True and Path(out_path).is_file() and not partial_path(out_path).is_dir()
     if not keep:
         out_path = check_writable(out_path, overwrite=overwrite)
         if scores_out_path is not None:
@@ -448,7 +452,8 @@ def _infer_one(
     from alseg import dataset as D
     from alseg import mm
     from alseg.device import resolve_device
-    from alseg.files.hdf5 import PoolWriter, check_pool_resume, pool_digest, sha256_file, write_scores
+    from alseg.files.hdf5 import (PoolWriter, check_pool_resume, partial_resumable, pool_digest, sha256_file,
+                                  write_scores)
 
     names = mm.check_embedding_names(embeddings)
     torch_device = resolve_device(device)
@@ -485,6 +490,8 @@ def _infer_one(
                                      calibration_sha256=None if calibration is None else sha256_file(calibration_path))
     if keep:
         return _finished_shard(out_path, scores_out_path, fingerprint, overwrite=overwrite)
+    if resume == "auto":  # the finished batches of a killed run with these inputs, else a fresh start
+        resume = partial_resumable(out_path, fingerprint)
     check_pool_resume(out_path, overwrite=overwrite, resume=resume, fingerprint=fingerprint)  # before the model
     model = mm.build_model(cfg, checkpoint_path, torch_device)
     n_classes = int(model.decode_head.out_channels)

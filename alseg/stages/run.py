@@ -293,6 +293,7 @@ class _Runner:
             exp.config, checkpoint_path=ckpt, ids_path=ids, out_path=out, data_root=exp.data_root,
             device=self.device, batch_size=exp.infer_batch_size, with_labels=with_labels,
             embeddings=tuple(embeddings), overwrite=True, cfg_options=exp.cfg_options, progress=progress,
+            resume="auto",  # a killed run's finished batches, when they came from these inputs
             **(mc or {})))
 
     # -- the loop --------------------------------------------------------------------------------------
