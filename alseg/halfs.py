@@ -19,7 +19,7 @@ __all__ = ["half_bits_to_float32", "to_float32"]
 _SIGN_AND_LOW_BITS = np.int32(-0x70000001)  # 0x8FFFFFFF
 _UNSCALE = 2.0**112
 _EXPONENT_MASK = 0x7C00
-# values converted per step of to_float32: its int16 scratch stays in cache
+# values converted per step of to_float32: its uint16 scratch stays in cache
 _BLOCK_VALUES = 1 << 20
 
 

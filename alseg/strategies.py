@@ -110,10 +110,10 @@ def _check_probs(probs: np.ndarray) -> np.ndarray:
 
 # Tiles of the NumPy kernels below, which run image by image in reused scratch buffers (the style of
 # pixel_entropy_from_logits). Kernels on a (K, P) block of all classes at once (entropy, clasp's s_c,
-# contextual diversity) take _TILE_VALUES // K pixels a tile: float32 scratch of 512 KiB, in cache.
+# contextual diversity, pixel_entropy_from_logits) take _TILE_VALUES // K pixels a tile: float32 scratch of 512 KiB, in cache.
 # Kernels that loop over the K classes on (P,) rows (margin, argmax) take _ROW_TILE_PIXELS pixels a tile:
 # longer NumPy calls, fewer of them (margin measured 0.27 ms/img at 2^15 pixels, 0.46 at 2^12).
-_TILE_VALUES = 1 << 17
+_TILE_VALUES = 1 << 17  # the entropy kernel: fastest of 2^16..2^20 measured
 _ROW_TILE_PIXELS = 1 << 15
 # log(max(p, this)) is log p for every p > 0 (subnormals included) and finite at p = 0, so p log p = 0 there.
 _SMALLEST_SUBNORMAL = np.float32(np.finfo(np.float32).smallest_subnormal)
@@ -239,8 +239,6 @@ def pixel_entropy(probs: np.ndarray) -> np.ndarray:
     return out.reshape((n,) + spatial)
 
 
-# Values per tile of pixel_entropy_from_logits: float32 scratch buffers of 512 KiB, reused (cache-resident): fastest measured of 2^16..2^20.
-_ENTROPY_TILE_VALUES = 1 << 17
 _LOG2E = 1.0 / math.log(2.0)
 
 
@@ -268,7 +266,7 @@ def pixel_entropy_from_logits(logits: np.ndarray) -> np.ndarray:
     out = np.empty((n, n_px), dtype=np.float32)
     if n == 0 or n_px == 0:
         return out.reshape((n,) + x.shape[2:])
-    tile = max(1, min(n_px, _ENTROPY_TILE_VALUES // k))
+    tile = _tile_pixels(k, n_px)
     y_all = np.empty((k, tile), dtype=np.float32)
     e_all = np.empty((k, tile), dtype=np.float32)
     exp_all = np.empty((k, tile), dtype=np.uint16) if half else None

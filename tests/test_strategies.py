@@ -228,7 +228,7 @@ def test_entropy_kernel_tiles_and_float16_match_the_textbook(monkeypatch):
     rng = np.random.default_rng(5)
     z16 = (rng.normal(0, 4, (3, 6, 5, 9)) * np.array([1, 1, 1, 1, 1, 30])[None, :, None, None]).astype(np.float16)
     ref = S.pixel_entropy(S.softmax(z16.astype(np.float32)))
-    monkeypatch.setattr(S, "_ENTROPY_TILE_VALUES", 6 * 7)
+    monkeypatch.setattr(S, "_TILE_VALUES", 6 * 7)
     for z in (z16, z16.astype(np.float32), z16.astype(np.float64), z16[:, :, ::-1, :]):
         want = ref[:, ::-1, :] if z.strides[2] < 0 else ref
         np.testing.assert_allclose(S.pixel_entropy_from_logits(z), want, atol=2e-6)
